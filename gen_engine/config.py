@@ -1,0 +1,136 @@
+"""One typed settings object for the whole factory.
+
+Every knob is read from the environment with the prefix ``GEN_`` (``GEN_S3_ENDPOINT``,
+``GEN_LINEAGE_DB_URL``, ...), or from a ``.env`` file in the working directory. S3 credentials are
+also accepted under the names every S3 tool knows (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``).
+Secrets are never given defaults here: the Makefile sets documented local-only defaults for the
+embedded server, deployments set their own.
+
+Print the resolved settings with ``genengine config`` (secrets masked).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BUCKET_ROLES = ("datasets", "models", "campaigns", "renders")
+
+
+class Settings(BaseSettings):
+    """Resolved configuration of the factory (env prefix ``GEN_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GEN_", env_file=".env", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    # --- where local state lives -----------------------------------------------------------------
+    local_dir: Path = Field(
+        Path(".local"), description="Project-local state: embedded S3 data, SQLite files, pid files, logs."
+    )
+
+    # --- S3 ---------------------------------------------------------------------------------------
+    s3_endpoint: str | None = Field(
+        None,
+        description="host:port of the S3 server. Unset: the embedded SeaweedFS on 127.0.0.1:local_s3_port.",
+    )
+    s3_secure: bool = Field(False, description="Use HTTPS for S3.")
+    s3_region: str | None = Field(None, description="S3 region, if the server needs one.")
+    s3_access_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("GEN_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID")
+    )
+    s3_secret_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("GEN_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY")
+    )
+    s3_retries: int = Field(4, ge=0, le=20, description="Retries of a transient S3 failure (backoff doubles).")
+    s3_timeout_s: float = Field(10.0, gt=0, description="Connect and read timeout of one S3 request.")
+    bucket_datasets: str = "datasets"
+    bucket_models: str = "models"
+    bucket_campaigns: str = "campaigns"
+    bucket_renders: str = "renders"
+
+    # --- embedded S3 server (SeaweedFS `weed mini`), used when s3_endpoint is unset ----------------
+    # Each gRPC port is its HTTP port + 10000, as SeaweedFS expects.
+    local_s3_port: int = Field(8333, description="S3 API port of the embedded server.")
+    local_s3_master_port: int = 9333
+    local_s3_volume_port: int = 9340
+    local_s3_filer_port: int = 8888
+    local_s3_admin_port: int = 23646 - 10000  # 13646 (+10000 = 23646 for its gRPC port)
+
+    # --- lineage store ----------------------------------------------------------------------------
+    lineage_db_url: SecretStr | None = Field(
+        None,
+        description="SQLAlchemy URL (postgresql+psycopg://... in deployments). Unset: SQLite under local_dir.",
+    )
+
+    # --- Airflow ------------------------------------------------------------------------------------
+    airflow_gpu_pool_slots: int = Field(1, ge=1, description="Slots of the Airflow pool `gpu`.")
+    airflow_s3_conn_id: str = "gen_s3"
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _strip_scheme(cls, v: str | None) -> str | None:
+        """Accept ``http://host:port`` too: the minio SDK wants host:port and a separate secure flag."""
+        if v is None or not v.strip():
+            return None
+        v = v.strip().rstrip("/")
+        for scheme in ("http://", "https://"):
+            if v.startswith(scheme):
+                v = v[len(scheme) :]
+        return v
+
+    # --- derived values -----------------------------------------------------------------------------
+    @property
+    def uses_local_s3(self) -> bool:
+        """True when no external S3 endpoint is configured and the embedded server is used."""
+        return self.s3_endpoint is None
+
+    @property
+    def s3_address(self) -> str:
+        """host:port the S3 client talks to."""
+        return self.s3_endpoint or f"127.0.0.1:{self.local_s3_port}"
+
+    @property
+    def s3_url(self) -> str:
+        return f"{'https' if self.s3_secure else 'http'}://{self.s3_address}"
+
+    @property
+    def buckets(self) -> dict[str, str]:
+        """Bucket name for each role (datasets, models, campaigns, renders)."""
+        return {role: getattr(self, f"bucket_{role}") for role in BUCKET_ROLES}
+
+    @property
+    def lineage_url(self) -> str:
+        """The lineage database URL, the SQLite default resolved under local_dir."""
+        if self.lineage_db_url is not None:
+            return self.lineage_db_url.get_secret_value()
+        return f"sqlite:///{(self.local_dir / 'lineage.db').resolve()}"
+
+    def describe(self) -> dict[str, object]:
+        """The resolved settings as plain values, secrets masked, derived values included."""
+        out: dict[str, object] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "********"
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        out["s3_url (derived)"] = self.s3_url
+        out["uses_local_s3 (derived)"] = self.uses_local_s3
+        out["lineage_url (derived)"] = _mask_url(self.lineage_url)
+        return out
+
+
+def _mask_url(url: str) -> str:
+    """Hide the password of a database URL (``user:secret@host`` -> ``user:***@host``)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Read the settings from the environment; keyword overrides win (used by tests and fixtures)."""
+    return Settings(**overrides)

@@ -1,0 +1,103 @@
+"""Shared fixtures: a real SeaweedFS S3 server and, when asked for, a real PostgreSQL server.
+
+Both bind to 127.0.0.1 on free ports, live in a temporary folder, and are stopped at the end of the
+session. Nothing here mocks S3 or SQL.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gen_engine.config import Settings
+from gen_engine.services import LocalS3, S3Ports
+from gen_engine.storage import Storage
+
+BUCKETS = ["datasets", "models", "campaigns", "renders"]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
+    """A SeaweedFS `weed mini` on free loopback ports with random credentials, for the whole session."""
+    server = LocalS3(tmp_path_factory.mktemp("s3"), S3Ports.free(), "test-" + secrets.token_hex(4),
+                     secrets.token_hex(16))
+    server.start(BUCKETS)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_settings(s3_server: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings pointing at the session's S3 server and a temporary local dir."""
+    return Settings(
+        s3_endpoint=s3_server.endpoint, s3_access_key=s3_server._access_key, s3_secret_key=s3_server._secret_key,
+        local_dir=tmp_path_factory.mktemp("local"), s3_retries=2,
+    )
+
+
+@pytest.fixture()
+def storage(s3_settings: Settings) -> Storage:
+    return Storage.from_settings(s3_settings)
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------------
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+def _install_postgres() -> None:
+    """Debian's postgresql package, installed on demand (CI sets GEN_TEST_POSTGRES=1)."""
+    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, capture_output=True)
+    subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], check=True, env=env, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a free loopback port; skipped unless GEN_TEST_POSTGRES=1."""
+    if os.environ.get("GEN_TEST_POSTGRES") != "1":
+        pytest.skip("PostgreSQL lineage tests run when GEN_TEST_POSTGRES=1 (set by .ci/run)")
+    if _pg_bin() is None:
+        _install_postgres()
+    bindir = _pg_bin()
+    assert bindir is not None, "postgresql installed but initdb not found"
+    # Not under pytest's tmp folder: that is private to root, and the server runs as `postgres`.
+    sock = Path(tempfile.mkdtemp(prefix="gen-pg-"))
+    data = sock / "data"
+    port = S3Ports.free().s3
+    as_pg: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(sock, "postgres")
+        as_pg = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "gen"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(sock / "pg.log"),
+                    "-o", f"-h 127.0.0.1 -p {port} -k {sock}", "start"], check=True, capture_output=True)
+    try:
+        deadline = time.monotonic() + 30
+        import sqlalchemy as sa
+
+        url = f"postgresql+psycopg://gen@127.0.0.1:{port}/postgres"
+        while True:
+            try:
+                sa.create_engine(url).connect().close()
+                break
+            except sa.exc.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        yield url
+    finally:
+        subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+                       capture_output=True)
+        shutil.rmtree(sock, ignore_errors=True)

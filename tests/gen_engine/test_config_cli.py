@@ -1,0 +1,74 @@
+"""Settings resolution and the `genengine` command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from gen_engine.cli import app
+from gen_engine.config import Settings
+
+
+def test_env_prefix_and_aws_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEN_S3_ENDPOINT", "http://minio.internal:9000/")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-from-aws-name")
+    monkeypatch.setenv("GEN_S3_SECRET_KEY", "s3cr3t")
+    monkeypatch.setenv("GEN_LINEAGE_DB_URL", "postgresql+psycopg://gen:pgpass@db:5432/gen")
+    s = Settings()
+    assert s.s3_address == "minio.internal:9000" and not s.uses_local_s3
+    assert s.s3_access_key.get_secret_value() == "AKIA-from-aws-name"
+    assert s.lineage_url.endswith("@db:5432/gen")
+
+
+def test_defaults_use_the_embedded_services(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.delenv("GEN_S3_ENDPOINT", raising=False)
+    monkeypatch.delenv("GEN_LINEAGE_DB_URL", raising=False)
+    s = Settings(local_dir=tmp_path)
+    assert s.uses_local_s3 and s.s3_address == "127.0.0.1:8333"
+    assert s.lineage_url == f"sqlite:///{tmp_path / 'lineage.db'}"
+    assert s.buckets == {"datasets": "datasets", "models": "models", "campaigns": "campaigns",
+                         "renders": "renders"}
+
+
+def test_config_command_masks_every_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-visible-never")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "super-secret-value")
+    monkeypatch.setenv("GEN_LINEAGE_DB_URL", "postgresql+psycopg://gen:pg-password-x@db:5432/gen")
+    res = CliRunner().invoke(app, ["config", "--json"])
+    assert res.exit_code == 0, res.output
+    for secret in ("AKIA-visible-never", "super-secret-value", "pg-password-x"):
+        assert secret not in res.output
+    data = json.loads(res.output)
+    assert data["s3_secret_key"] == "********" and "***@db:5432" in data["lineage_url (derived)"]
+    table = CliRunner().invoke(app, ["config"])
+    assert table.exit_code == 0 and "super-secret-value" not in table.output
+
+
+def test_bad_setting_is_rejected_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEN_S3_RETRIES", "many")
+    with pytest.raises(ValueError, match="s3_retries"):
+        Settings()
+
+
+def test_console_script_is_installed() -> None:
+    exe = subprocess.run([sys.executable, "-c", "import shutil,sys,os; print(shutil.which('genengine', "
+                          "path=os.path.dirname(sys.executable)))"], capture_output=True, text=True).stdout.strip()
+    assert exe and exe != "None"
+    res = subprocess.run([exe, "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "services" in res.stdout and "config" in res.stdout
+
+
+def test_services_status_against_stopped_server_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gen_engine.services import S3Ports
+
+    monkeypatch.setenv("GEN_S3_ENDPOINT", f"127.0.0.1:{S3Ports.free().s3}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("GEN_S3_RETRIES", "1")
+    res = CliRunner().invoke(app, ["services", "status"])
+    assert res.exit_code == 1
+    assert "cannot reach the S3 server" in res.output and "Traceback" not in res.output

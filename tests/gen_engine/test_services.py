@@ -1,0 +1,55 @@
+"""The embedded S3 server's life cycle: start, reuse, port clash, stop only what we started."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gen_engine.services import LocalS3, S3Ports, ServiceError
+
+
+def test_start_reuse_stop(tmp_path: Path) -> None:
+    server = LocalS3(tmp_path / "s3", S3Ports.free(), "k-test", "s-test-secret")
+    server.start(["datasets", "models"])
+    try:
+        pid = server.pid()
+        assert pid is not None
+        assert {b.name for b in server.storage().client.list_buckets()} >= {"datasets", "models"}
+        # Every listening socket of the process is on loopback.
+        out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+        mine = [line for line in out.splitlines() if f"pid={pid}," in line]
+        assert mine and all("127.0.0.1:" in line for line in mine), mine
+        server.start(["datasets", "renders"])  # a second `up` reuses the process, adds the bucket
+        assert server.pid() == pid
+        assert server.storage().client.bucket_exists("renders")
+    finally:
+        assert server.stop()
+    assert server.pid() is None and not server.stop()
+
+
+def test_port_in_use_is_named(tmp_path: Path) -> None:
+    ports = S3Ports.free()
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", ports.s3))
+        blocker.listen()
+        server = LocalS3(tmp_path / "s3", ports, "k", "s")
+        with pytest.raises(ServiceError, match=rf"s3 {ports.s3}.*GEN_LOCAL_S3_PORT"):
+            server.start(["datasets"])
+    assert server.pid() is None
+
+
+def test_stop_ignores_a_foreign_pid(tmp_path: Path) -> None:
+    """A stale pid file naming someone else's process never gets that process killed."""
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        server = LocalS3(tmp_path / "s3", S3Ports.free(), "k", "s")
+        server.data_dir.mkdir(parents=True)
+        server.pid_file.write_text(str(sleeper.pid))
+        assert server.pid() is None
+        assert not server.stop()
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()

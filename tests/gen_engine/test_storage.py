@@ -1,0 +1,104 @@
+"""Storage against a real SeaweedFS: round trips, listing, the claim race, and the clear errors."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from gen_engine.services import LocalS3, S3Ports
+from gen_engine.storage import ObjectNotFound, Storage, StorageAuthError, StorageUnavailable
+
+
+def test_bytes_round_trip_with_metadata(storage: Storage) -> None:
+    meta = {"prompt": "a red circle — on teal ✓", "seed": "42"}
+    storage.put_bytes("renders", "t/rt/a.png", b"\x89PNG data", content_type="image/png", metadata=meta)
+    assert storage.get_bytes("renders", "t/rt/a.png") == b"\x89PNG data"
+    info = storage.stat("renders", "t/rt/a.png")
+    assert info.size == 9
+    assert info.metadata == meta  # non-ASCII survives the ASCII-only header round trip
+
+
+def test_large_file_streams_up_and_down(storage: Storage, tmp_path: Path) -> None:
+    src = tmp_path / "big.bin"
+    src.write_bytes(bytes(range(256)) * (20 * 4096 + 1))  # ~20 MiB: two multipart parts
+    storage.put_file("datasets", "t/big.bin", src, metadata={"kind": "test"})
+    out = storage.get_file("datasets", "t/big.bin", tmp_path / "back.bin")
+    assert out.read_bytes() == src.read_bytes()
+    assert storage.stat("datasets", "t/big.bin").metadata == {"kind": "test"}
+
+
+def test_list_by_prefix_is_sorted_and_confined(storage: Storage) -> None:
+    for k in ["t/list/b.txt", "t/list/a.txt", "t/list/sub/c.txt", "t/listother/x.txt"]:
+        storage.put_bytes("datasets", k, b"x")
+    assert [o.key for o in storage.list("datasets", "t/list/")] == ["t/list/a.txt", "t/list/b.txt",
+                                                                    "t/list/sub/c.txt"]
+
+
+def test_missing_object_is_a_clear_error(storage: Storage) -> None:
+    with pytest.raises(ObjectNotFound, match=r"s3://datasets/t/nope does not exist"):
+        storage.get_bytes("datasets", "t/nope")
+    assert not storage.exists("datasets", "t/nope")
+
+
+def test_claim_race_has_exactly_one_winner(storage: Storage) -> None:
+    storage.put_bytes("campaigns", "incoming/race.csv", b"prompt\nhello\n")
+    wins: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def claimer(i: int) -> None:
+        barrier.wait()
+        if storage.claim("campaigns", "incoming/race.csv", "claimed/race.csv"):
+            wins.append(i)
+
+    threads = [threading.Thread(target=claimer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    assert not storage.exists("campaigns", "incoming/race.csv")
+    assert storage.get_bytes("campaigns", "claimed/race.csv") == b"prompt\nhello\n"
+    assert not storage.exists("campaigns", "claimed/race.csv.claim")
+    # A later file of the same name can be claimed again.
+    storage.put_bytes("campaigns", "incoming/race.csv", b"prompt\nagain\n")
+    assert storage.claim("campaigns", "incoming/race.csv", "claimed/race.csv")
+    assert not storage.claim("campaigns", "incoming/race.csv", "claimed/race.csv")  # already gone
+
+
+def test_presigned_url_serves_the_object(storage: Storage) -> None:
+    storage.put_bytes("renders", "t/presigned.txt", b"hello gallery")
+    url = storage.presigned_get("renders", "t/presigned.txt")
+    assert url.startswith("http://127.0.0.1:")
+    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (loopback test server)
+        assert resp.read() == b"hello gallery"
+
+
+def test_wrong_credentials_give_one_clear_error(s3_server: LocalS3) -> None:
+    bad = Storage(s3_server.endpoint, s3_server._access_key, "wrong-secret", retries=3)
+    t0 = time.monotonic()
+    with pytest.raises(StorageAuthError) as e:
+        bad.put_bytes("datasets", "t/x", b"x")
+    assert s3_server.endpoint in str(e.value) and "AWS_SECRET_ACCESS_KEY" in str(e.value)
+    assert time.monotonic() - t0 < 2, "credentials errors must not be retried"
+
+
+def test_stopped_server_gives_one_clear_error(tmp_path: Path) -> None:
+    port = S3Ports.free().s3  # nothing listens there
+    store = Storage(f"127.0.0.1:{port}", "k", "s", retries=3)
+    t0 = time.monotonic()
+    with pytest.raises(StorageUnavailable) as e:
+        store.get_bytes("datasets", "x")
+    msg = str(e.value)
+    assert f"127.0.0.1:{port}" in msg and "GEN_S3_ENDPOINT" in msg and "Connection refused" in msg
+    assert "Traceback" not in msg
+    assert time.monotonic() - t0 < 5, "bounded retries, not a long stack of them"
+
+
+def test_missing_credentials_are_named(s3_settings) -> None:
+    settings = s3_settings.model_copy(update={"s3_access_key": None})
+    with pytest.raises(StorageAuthError, match="AWS_ACCESS_KEY_ID"):
+        Storage.from_settings(settings)
