@@ -53,3 +53,23 @@ def test_stop_ignores_a_foreign_pid(tmp_path: Path) -> None:
         assert sleeper.poll() is None
     finally:
         sleeper.kill()
+
+
+def test_airflow_home_is_prepared_idempotently(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DB migrated, `gen_s3` connection and `gpu` pool present; a second run changes nothing but works."""
+    import sqlite3
+
+    from gen_engine.config import Settings
+    from gen_engine.services import init_airflow_home
+
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    settings = Settings(local_dir=tmp_path, s3_access_key="ak-test", s3_secret_key="sk-test", airflow_gpu_pool_slots=2)
+    home = init_airflow_home(settings)
+    init_airflow_home(settings)
+    cfg = (home / "airflow.cfg").read_text()
+    assert "load_examples = False" in cfg and "/dags" in cfg and "/plugins" in cfg
+    db = sqlite3.connect(home / "airflow.db")
+    assert db.execute("SELECT slots FROM slot_pool WHERE pool = 'gpu'").fetchall() == [(2,)]
+    conns = db.execute("SELECT conn_type, login, extra FROM connection WHERE conn_id = 'gen_s3'").fetchall()
+    assert len(conns) == 1 and conns[0][0] == "aws" and conns[0][1] == "ak-test"
+    assert "http://127.0.0.1:8333" in conns[0][2]
