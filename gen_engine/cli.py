@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -26,6 +27,8 @@ app = typer.Typer(help="Campaign image factory: datasets -> GAN -> compiled engi
                   no_args_is_help=True, pretty_exceptions_enable=False)
 services_app = typer.Typer(help="The embedded local services (S3 server, Airflow home).", no_args_is_help=True)
 app.add_typer(services_app, name="services")
+dataset_app = typer.Typer(help="Datasets: synthesise, ingest, list.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -39,7 +42,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (StorageError, ServiceError, ValueError, FileNotFoundError) as e:
+        except (StorageError, ServiceError, ValueError, FileNotFoundError, RuntimeError) as e:
             err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
             raise typer.Exit(1) from None
 
@@ -113,6 +116,151 @@ def services_status() -> None:
     s = get_settings()
     Storage.from_settings(s).check()
     console.print(f"S3 at {s.s3_url}: answering")
+
+
+@dataset_app.command("synth")
+@friendly
+def dataset_synth(
+    out: Path = typer.Option(..., help="Folder to write (images/ + metadata.jsonl)."),
+    n: int = typer.Option(1000, min=1, help="Number of images."),
+    size: int = typer.Option(64, min=8, max=1024, help="Image side in pixels."),
+    seed: int = typer.Option(0, help="Same seed, same dataset."),
+) -> None:
+    """Write the synthetic captioned-shapes dataset in the imagefolder layout."""
+    from gen_engine.datasets.synth import write_imagefolder
+
+    meta = write_imagefolder(out, n, size, seed)
+    console.print(f"wrote {n} images and {meta}")
+
+
+@app.command()
+@friendly
+def train(
+    config: Path = typer.Option(..., exists=True, dir_okay=False, help="Training config YAML (configs/*.yaml)."),
+    data: Path = typer.Option(..., exists=True, help="imagefolder dataset (metadata.jsonl + images)."),
+    out: Path = typer.Option(..., help="Run folder; training resumes from its latest checkpoint."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    steps: int | None = typer.Option(None, help="Override the config's step count."),
+    publish: bool = typer.Option(False, help="Upload the model to S3 and register it in the lineage store."),
+    alias: str | None = typer.Option(None, help="With --publish: point this alias (e.g. production) at it."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+) -> None:
+    """Train (or resume) a generator; writes checkpoints, sample grids, a loss curve and model/."""
+    from gen_engine.training.loop import TrainConfig, TrainData, Trainer
+
+    cfg = TrainConfig.from_yaml(config, **({"steps": steps} if steps else {}))
+    if dry_run:
+        typer.echo(json.dumps(cfg.model_dump(), indent=2))
+        return
+    trainer = Trainer(cfg, TrainData.from_imagefolder(data, cfg.resolution), out, device=device)
+    trainer.resume()
+    trainer.train()
+    model_dir = trainer.export()
+    console.print(f"model written to {model_dir}")
+    if publish:
+        _publish(model_dir, alias)
+
+
+def _publish(model_dir: Path, alias: str | None) -> dict[str, Any]:
+    from gen_engine import registry
+    from gen_engine.lineage import LineageStore
+    from gen_engine.storage import Storage
+
+    s = get_settings()
+    row = registry.publish(model_dir, s, Storage.from_settings(s), LineageStore.from_settings(s), alias=alias)
+    console.print(f"published {row['model_id']} (version {row['version']}) to {row['uri']}"
+                  + (f", alias {alias}" if alias else ""))
+    return row
+
+
+@app.command()
+@friendly
+def sample(
+    model: str = typer.Option("production", help="Alias, model id, or a local model folder."),
+    prompt: str = typer.Option(..., help="What to draw."),
+    seed: int = typer.Option(0, help="First seed; image i uses seed + i."),
+    n: int = typer.Option(8, "-n", min=1, max=64, help="Number of images."),
+    out: Path = typer.Option(Path("grid.png"), help="PNG grid to write."),
+) -> None:
+    """Render one prompt with n seeds into a PNG grid."""
+    import numpy as np
+
+    from gen_engine import registry
+    from gen_engine.lineage import LineageStore
+    from gen_engine.runtime import load_backend
+    from gen_engine.storage import Storage
+    from gen_engine.text import shared_encoder
+    from gen_engine.training.loop import image_grid, seed_noise
+
+    s = get_settings()
+    store = Storage.from_settings(s) if not Path(model).is_dir() else None
+    lineage = LineageStore.from_settings(s)
+    model_dir, _ = registry.resolve(model, s, store, lineage)  # type: ignore[arg-type]
+    backend = load_backend("auto", model_dir)
+    z = np.stack([seed_noise(seed + i, backend.z_dim) for i in range(n)])
+    imgs = backend.render(z, np.repeat(shared_encoder().encode([prompt]), n, axis=0))
+    image_grid(imgs, cols=min(n, 8), labels=[prompt]).save(out)
+    console.print(f"wrote {out}")
+
+
+@app.command()
+@friendly
+def render(
+    source: str = typer.Argument(..., help="Prompt CSV: a local file or s3://bucket/key."),
+    campaign: str = typer.Option(..., help="Campaign name (becomes part of every object key)."),
+    backend: str = typer.Option("auto", help="auto | torch | onnxruntime | tensorrt"),
+    shard_size: int = typer.Option(2048, min=1, help="Images per shard."),
+    model: str = typer.Option("production", help="Alias, model id, or a local model folder."),
+) -> None:
+    """Render a prompt CSV into s3://renders/<campaign>/<run>/ (the same code path as the DAG)."""
+    from gen_engine.render.campaign import run_campaign
+
+    summary = run_campaign(source, campaign, get_settings(), model_ref=model, backend=backend, shard_size=shard_size)
+    c = summary["counts"]
+    console.print(f"{c['rows_read']} rows read = {c['rows_accepted']} accepted + {c['rows_rejected']} rejected + "
+                  f"{c['rows_blank']} blank; {c['images']} images "
+                  f"({summary['images_rendered_now']} rendered now, {summary['throughput_images_per_s']:.1f} img/s)")
+    console.print(f"outputs: s3://{get_settings().bucket_renders}/{summary['prefix']} (index.html, manifest.csv, "
+                  "rejected.csv, contact_sheet.png)")
+
+
+@app.command("lineage")
+@friendly
+def lineage_cmd(
+    target: str = typer.Argument(..., help="An image's object key, s3:// URL, or a local image file."),
+) -> None:
+    """Trace an image: run -> CSV -> row -> prompt/seed -> model -> dataset -> training config -> code."""
+    from gen_engine.lineage import LineageStore
+    from gen_engine.render.imagemeta import read_provenance
+
+    s = get_settings()
+    key = target.removeprefix("s3://").removeprefix(f"{s.bucket_renders}/")
+    trace = None
+    if not Path(target).is_file():
+        try:
+            trace = LineageStore.from_settings(s).trace(key)
+        except Exception as e:  # database unreachable: say so, fall back to the file
+            err_console.print(f"lineage database unreachable ({type(e).__name__}); reading the image's own metadata")
+    if trace is None:
+        if Path(target).is_file():
+            data = Path(target).read_bytes()
+        else:
+            from gen_engine.storage import Storage
+
+            data = Storage.from_settings(s).get_bytes(s.bucket_renders, key)
+        trace = {"source": "embedded image metadata", **read_provenance(data)}
+    else:
+        trace = {"source": "lineage store", **trace}
+    typer.echo(json.dumps(trace, indent=2, default=str, ensure_ascii=False))
+
+
+@app.command()
+@friendly
+def demo() -> None:
+    """Synthetic dataset -> demo training -> publish -> the example campaign rendered into S3."""
+    from gen_engine.demo import run_demo
+
+    run_demo(console)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Dataset readers, the synthetic captioned-shapes generator, and curation."""

@@ -1,0 +1,152 @@
+"""DF-GAN-style text-conditional generator and discriminator (Tao et al., 2022), export-friendly.
+
+Generator: z (100) -> linear -> 8nf x 4 x 4 -> up-blocks (nearest x2, then two text-conditioned
+affine fusions + LeakyReLU + conv3x3, with a shortcut) -> LeakyReLU -> conv3x3 -> tanh.
+Affine scale/shift come from small MLPs on cat(z, text). Only ops that export cleanly to ONNX and
+TensorRT: constant scale-factor upsampling, reshape with a -1 batch, no in-graph randomness.
+
+Discriminator: conv stem, downsampling residual blocks to 4 x 4; a separate conditional head tiles
+the sentence embedding, concatenates and scores (so the matching-aware gradient penalty can take
+gradients with respect to both image and text).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RESOLUTIONS = (16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    """Architecture of a generator/discriminator pair; stored with every checkpoint.
+
+    resolution: output side in pixels (16, 32, 64, 128 or 256).
+    nf: base width; the 4x4 stage has 8*nf channels, halving down to nf.
+    z_dim: noise dimension (100 in DF-GAN).
+    text_dim: sentence-embedding dimension (384 for MiniLM).
+    """
+
+    resolution: int = 64
+    nf: int = 32
+    z_dim: int = 100
+    text_dim: int = 384
+
+    def __post_init__(self) -> None:
+        if self.resolution not in RESOLUTIONS:
+            raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {self.resolution}")
+
+    @property
+    def channels(self) -> list[int]:
+        """Channels at 4x4, 8x8, ..., resolution (8nf, 8nf, 8nf, 4nf, 2nf, nf, ...)."""
+        n_up = int(math.log2(self.resolution)) - 2
+        mult = [8, 8, 8, 4, 2, 1, 1]
+        return [self.nf * mult[i] for i in range(n_up + 1)]
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class Affine(nn.Module):
+    """Per-channel scale and shift predicted from the condition (identity at init)."""
+
+    def __init__(self, cond_dim: int, ch: int) -> None:
+        super().__init__()
+        self.gamma = nn.Sequential(nn.Linear(cond_dim, ch), nn.ReLU(inplace=True), nn.Linear(ch, ch))
+        self.beta = nn.Sequential(nn.Linear(cond_dim, ch), nn.ReLU(inplace=True), nn.Linear(ch, ch))
+        nn.init.zeros_(self.gamma[2].weight)
+        nn.init.ones_(self.gamma[2].bias)
+        nn.init.zeros_(self.beta[2].weight)
+        nn.init.zeros_(self.beta[2].bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.gamma(c)[:, :, None, None] * x + self.beta(c)[:, :, None, None]
+
+
+class Fuse(nn.Module):
+    """DF-GAN's deep fusion: affine -> LeakyReLU -> affine -> LeakyReLU."""
+
+    def __init__(self, cond_dim: int, ch: int) -> None:
+        super().__init__()
+        self.a1, self.a2 = Affine(cond_dim, ch), Affine(cond_dim, ch)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        x = F.leaky_relu(self.a1(x, c), 0.2)
+        return F.leaky_relu(self.a2(x, c), 0.2)
+
+
+class GBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, cond_dim: int) -> None:
+        super().__init__()
+        self.fuse1, self.conv1 = Fuse(cond_dim, cin), nn.Conv2d(cin, cout, 3, 1, 1)
+        self.fuse2, self.conv2 = Fuse(cond_dim, cout), nn.Conv2d(cout, cout, 3, 1, 1)
+        self.shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        h = self.conv1(self.fuse1(x, c))
+        h = self.conv2(self.fuse2(h, c))
+        return self.shortcut(x) + h
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: GANConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        ch = cfg.channels
+        cond = cfg.z_dim + cfg.text_dim
+        self.fc = nn.Linear(cfg.z_dim, ch[0] * 16)
+        self.blocks = nn.ModuleList(GBlock(a, b, cond) for a, b in zip(ch[:-1], ch[1:], strict=True))
+        self.to_rgb = nn.Conv2d(ch[-1], 3, 3, 1, 1)
+
+    def forward(self, z: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """(B, z_dim), (B, text_dim) -> (B, 3, R, R) in [-1, 1]."""
+        c = torch.cat([z, text], dim=1)
+        x = self.fc(z).reshape(-1, self.cfg.channels[0], 4, 4)  # (B, 8nf, 4, 4)
+        for block in self.blocks:
+            x = block(x, c)
+        return torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)))
+
+
+class DBlock(nn.Module):
+    """Residual downsampling block (learned residual scaled by gamma, zero at init)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.r = nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
+                               nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.LeakyReLU(0.2, inplace=True))
+        self.shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(self.shortcut(x), 2) + self.gamma * self.r(x)
+
+
+class Discriminator(nn.Module):
+    def __init__(self, cfg: GANConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        ch = list(reversed(cfg.channels))  # nf ... 8nf
+        self.stem = nn.Conv2d(3, ch[0], 3, 1, 1)
+        self.blocks = nn.Sequential(*(DBlock(a, b) for a, b in zip(ch[:-1], ch[1:], strict=True)))
+        self.head = nn.Sequential(
+            nn.Conv2d(ch[-1] + cfg.text_dim, cfg.nf * 2, 3, 1, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(cfg.nf * 2, 1, 4, 1, 0, bias=False),
+        )
+
+    def features(self, img: torch.Tensor) -> torch.Tensor:
+        """(B, 3, R, R) -> (B, 8nf, 4, 4)."""
+        return self.blocks(self.stem(img))
+
+    def score(self, feats: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Conditional logit (B,) of features against sentence embeddings."""
+        t = text[:, :, None, None].expand(-1, -1, 4, 4)
+        return self.head(torch.cat([feats, t], dim=1)).reshape(-1)
+
+    def forward(self, img: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.score(self.features(img), text)

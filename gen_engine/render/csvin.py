@@ -1,0 +1,301 @@
+"""Reading and validating the prompt CSVs that marketing teams export from Excel or Google Sheets.
+
+Reading is forgiving about form and strict about content. Form: UTF-8 with or without BOM, UTF-16
+with BOM, cp1252 as a fallback; comma, semicolon or tab delimiters (sniffed from the header); quoted
+newlines; CRLF; blank lines; header names in any case with surrounding spaces. Content: each row is
+accepted as a `RowSpec` or rejected with a `Rejection` whose reason says what to fix. Nothing is
+dropped silently: rows read = accepted + rejected + blank.
+
+Row numbers are spreadsheet row numbers: the header is row 1, the first data row is row 2.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import io
+import math
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+MAX_PROMPT = 500
+MAX_COUNT = 16
+MAX_SEED = 2**32 - 1
+FORMATS = {"png": "png", "webp": "webp", "jpeg": "jpeg", "jpg": "jpeg"}
+KNOWN_COLUMNS = ("prompt", "seed", "count", "asset_name", "size", "format", "variety")
+_BINARY_MAGIC = {b"PK\x03\x04": "a ZIP archive (an .xlsx workbook?)", b"\xd0\xcf\x11\xe0": "an old Excel .xls file",
+                 b"\x89PNG": "a PNG image", b"%PDF": "a PDF document", b"\xff\xd8\xff": "a JPEG image"}
+_SLUG_BAD = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class CsvError(ValueError):
+    """The file as a whole cannot be read as a prompt CSV; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One accepted row: what to render and under which name."""
+
+    row_number: int
+    prompt: str
+    seed: int | None  # None: derived per image from (campaign, asset, k)
+    count: int
+    asset: str  # sanitised slug, unique within the CSV
+    size: tuple[int, int] | None  # None: the model's native resolution
+    format: str
+    variety: float
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    row_number: int
+    reason: str
+    fields: dict[str, str]
+
+
+@dataclass
+class ReadStats:
+    rows_read: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    blank: int = 0
+    encoding: str = ""
+    delimiter: str = ""
+    columns: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        assert self.rows_read == self.accepted + self.rejected + self.blank, self
+
+
+@dataclass(frozen=True)
+class RowRules:
+    """What a row may ask for (from the settings)."""
+
+    allowed_sizes: tuple[str, ...] = ("64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024")
+    default_format: str = "png"
+    default_variety: float = 1.0
+
+
+# --- decoding ---------------------------------------------------------------------------------------
+def detect_encoding(path: Path, name: str) -> str:
+    """The file's text encoding: BOMs first, then strict UTF-8, then cp1252. Binary files are refused."""
+    with open(path, "rb") as f:
+        head = f.read(8192)
+    for magic, what in _BINARY_MAGIC.items():
+        if head.startswith(magic):
+            raise CsvError(f"{name} is {what}, not CSV text. Export the sheet as CSV (File > Save As > CSV UTF-8).")
+    if head.startswith(codecs.BOM_UTF8):
+        enc = "utf-8-sig"
+    elif head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        enc = "utf-16"
+    else:
+        if head and (head.count(b"\x00") > len(head) // 10 or _nontext_ratio(head) > 0.1):
+            raise CsvError(f"{name} is not CSV text (it looks like binary data). Export the sheet as CSV UTF-8.")
+        enc = "utf-8"
+        try:
+            dec = codecs.getincrementaldecoder("utf-8")()
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    dec.decode(chunk)
+                dec.decode(b"", final=True)
+        except UnicodeDecodeError:
+            enc = "cp1252"
+    if enc == "cp1252":
+        try:
+            with open(path, encoding="cp1252") as f:
+                while f.read(1 << 20):
+                    pass
+        except UnicodeDecodeError as e:
+            raise CsvError(f"{name} is neither UTF-8 nor Windows-1252 text (byte {e.start}). "
+                           "Export the sheet as CSV UTF-8.") from None
+    return enc
+
+
+def _nontext_ratio(b: bytes) -> float:
+    bad = sum(1 for c in b if c < 32 and c not in (9, 10, 13))
+    return bad / max(len(b), 1)
+
+
+def sniff_delimiter(header_line: str) -> str:
+    """Comma, semicolon or tab: whichever splits the header (outside quotes) into the most fields."""
+    outside = re.sub(r'"[^"]*"', "", header_line)
+    counts = {d: outside.count(d) for d in (",", ";", "\t")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
+def open_text(path: Path, name: str) -> tuple[IO[str], ReadStats]:
+    enc = detect_encoding(path, name)
+    f = open(path, encoding=enc, newline="")  # noqa: SIM115 (closed by the caller)
+    first = ""
+    for line in f:
+        if line.strip():
+            first = line
+            break
+    f.seek(0)
+    return f, ReadStats(encoding=enc, delimiter=sniff_delimiter(first))
+
+
+# --- validation -------------------------------------------------------------------------------------------
+def slugify(text: str, max_len: int = 80) -> str:
+    """A safe object-key part: ASCII letters, digits, '.', '_' and '-' only."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    slug = _SLUG_BAD.sub("-", ascii_text).strip(".-_")
+    slug = re.sub(r"-{2,}", "-", slug)
+    return slug[:max_len].strip(".-_")
+
+
+def _control_char(text: str) -> str | None:
+    for i, ch in enumerate(text):
+        if unicodedata.category(ch) == "Cc":
+            name = {"\x00": "NUL", "\t": "TAB", "\n": "line break", "\r": "carriage return"}.get(ch, f"U+{ord(ch):04X}")
+            return f"{name} at character {i + 1}"
+    return None
+
+
+def _int_field(raw: str, name: str, lo: int, hi: int) -> int:
+    s = raw.strip().replace("_", "")
+    if re.fullmatch(r"[+-]?\d+(\.0+)?", s) is None:
+        raise ValueError(f"{name} must be a whole number from {lo} to {hi}, got '{raw[:40]}'")
+    v = int(s.split(".")[0])
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} must be from {lo} to {hi}, got {v}")
+    return v
+
+
+def validate_row(row_number: int, fields: dict[str, str], rules: RowRules, seen_assets: dict[str, int]) -> RowSpec:
+    """Turn one CSV row into a RowSpec or raise ValueError with the reason."""
+    # Line breaks and tabs typed inside a cell (Alt+Enter in Excel) become spaces; other control characters
+    # (NUL, escapes) are refused below.
+    prompt = re.sub(r"[ \t\r\n]+", " ", fields.get("prompt", "")).strip()
+    if not prompt:
+        raise ValueError("prompt is empty")
+    if len(prompt) > MAX_PROMPT:
+        raise ValueError(f"prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT}")
+    if bad := _control_char(prompt):
+        raise ValueError(f"prompt contains a control character ({bad}); remove it")
+    seed = _int_field(fields["seed"], "seed", 0, MAX_SEED) if fields.get("seed", "").strip() else None
+    count = _int_field(fields["count"], "count", 1, MAX_COUNT) if fields.get("count", "").strip() else 1
+
+    raw_asset = fields.get("asset_name", "").strip()
+    if raw_asset:
+        if raw_asset.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", raw_asset):
+            raise ValueError(f"asset_name '{raw_asset[:60]}' is an absolute path; use a plain name")
+        if ".." in re.split(r"[\\/]", raw_asset):
+            raise ValueError(f"asset_name '{raw_asset[:60]}' contains '..'; use a plain name")
+        if _control_char(raw_asset):
+            raise ValueError("asset_name contains a control character")
+        asset = slugify(raw_asset.replace("/", "-").replace("\\", "-"))
+        if not asset:
+            raise ValueError(f"asset_name '{raw_asset[:60]}' has no usable characters (letters, digits, . _ -)")
+    else:
+        asset = f"row{row_number:06d}"
+    if asset.lower() in seen_assets:
+        raise ValueError(f"asset_name '{asset}' is already used by row {seen_assets[asset.lower()]}; names must be "
+                         "unique")
+
+    size = None
+    if raw := fields.get("size", "").strip().lower().replace(" ", ""):
+        if raw not in rules.allowed_sizes:
+            raise ValueError(f"size '{raw[:20]}' is not allowed; use one of {', '.join(rules.allowed_sizes)}")
+        w, h = raw.split("x")
+        size = (int(w), int(h))
+    fmt_raw = fields.get("format", "").strip().lower().lstrip(".") or rules.default_format
+    if fmt_raw not in FORMATS:
+        raise ValueError(f"format '{fmt_raw[:20]}' is not supported; use png, webp or jpeg")
+    variety = rules.default_variety
+    if raw := fields.get("variety", "").strip():
+        try:
+            variety = float(raw.replace(",", "."))
+        except ValueError:
+            raise ValueError(f"variety must be a number from 0 to 1, got '{raw[:20]}'") from None
+        if not (math.isfinite(variety) and 0.0 <= variety <= 1.0):
+            raise ValueError(f"variety must be from 0 to 1, got '{raw[:20]}'")
+    seen_assets[asset.lower()] = row_number
+    extra = {k: v for k, v in fields.items() if k not in KNOWN_COLUMNS}
+    return RowSpec(row_number, prompt, seed, count, asset, size, FORMATS[fmt_raw], variety, extra)
+
+
+class PromptCsv:
+    """Stream a prompt CSV as accepted `RowSpec`s and `Rejection`s; `stats` holds the counts after iteration.
+
+    Raises CsvError before the first row when the file as a whole is unusable (binary, no header,
+    no prompt column, duplicate column names, empty).
+    """
+
+    def __init__(self, path: Path, name: str, rules: RowRules = RowRules()) -> None:
+        self.path, self.name, self.rules = Path(path), name, rules
+        self.stats = ReadStats()
+
+    def __iter__(self) -> Iterator[RowSpec | Rejection]:
+        f, stats = open_text(self.path, self.name)
+        self.stats = stats
+        seen_assets: dict[str, int] = {}
+        with f:
+            header: list[str] | None = None
+            for row_number, rec in enumerate(csv.reader(f, delimiter=stats.delimiter), start=1):
+                if header is None:
+                    if any(c.strip() for c in rec):
+                        header = self._header(rec)
+                        stats.columns = header
+                    continue
+                stats.rows_read += 1
+                if not any(c.strip() for c in rec):
+                    stats.blank += 1
+                    continue
+                fields = {h: v for h, v in zip(header, rec, strict=False) if h}
+                try:
+                    if len(rec) > len(header) and any(c.strip() for c in rec[len(header):]):
+                        raise ValueError(f"row has {len(rec)} fields but the header has {len(header)}; check for "
+                                         "an unquoted delimiter in a prompt")
+                    spec = validate_row(row_number, fields, self.rules, seen_assets)
+                except ValueError as e:
+                    stats.rejected += 1
+                    yield Rejection(row_number, str(e), fields)
+                    continue
+                stats.accepted += 1
+                yield spec
+            if header is None:
+                raise CsvError(f"{self.name} is empty: it needs a header row (prompt,seed,count,...) and rows below it")
+        stats.check()
+
+    def _header(self, rec: list[str]) -> list[str]:
+        header = [c.strip().lstrip("\ufeff").lower() for c in rec]
+        dupes = sorted({c for c in header if c and header.count(c) > 1})
+        if dupes:
+            raise CsvError(f"{self.name}: the header names {dupes} more than once; rename the columns")
+        if "prompt" not in header:
+            found = ", ".join(h for h in header if h)[:200] or "nothing"
+            raise CsvError(f"{self.name}: no 'prompt' column in the header (found: {found}). The first row must name "
+                           "the columns, e.g. prompt,seed,count,asset_name")
+        return header
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def neutralise_cell(value: object) -> str:
+    """Defuse spreadsheet formulas (cells starting with = + - @ tab or CR) by prefixing a quote."""
+    s = "" if value is None else str(value)
+    return "'" + s if s[:1] in ("=", "+", "-", "@", "\t", "\r") else s
+
+
+def write_safe_csv(rows: list[dict[str, object]], columns: list[str]) -> bytes:
+    """UTF-8 (with BOM, so Excel reads it right) CSV with every cell neutralised."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\r\n")
+    w.writerow([neutralise_cell(c) for c in columns])
+    for r in rows:
+        w.writerow([neutralise_cell(r.get(c, "")) for c in columns])
+    return codecs.BOM_UTF8 + buf.getvalue().encode("utf-8")

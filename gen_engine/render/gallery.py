@@ -1,0 +1,78 @@
+"""What people look at: the contact sheet PNG and the run's index.html gallery.
+
+Every piece of user text (prompts, asset names, rejected fields, campaign names) is HTML-escaped;
+image links are relative, so the gallery works from the S3 prefix and from a downloaded copy.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import textwrap
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+GALLERY_LIMIT = 500
+
+
+def contact_sheet(items: list[tuple[bytes, str, str]], cols: int = 8, tile: int = 160) -> bytes:
+    """PNG of up to 64 (image bytes, asset label, prompt) tiles with their prompts underneath."""
+    items = items[:64]
+    rows = max(1, -(-len(items) // cols))
+    cap_h = 44
+    sheet = Image.new("RGB", (cols * tile, rows * (tile + cap_h)), (250, 250, 250))
+    draw = ImageDraw.Draw(sheet)
+    for i, (data, label, prompt) in enumerate(items):
+        r, c = divmod(i, cols)
+        x, y = c * tile, r * (tile + cap_h)
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+        scale = (tile - 8) / max(img.size)  # small native renders are scaled up too
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                         Image.Resampling.LANCZOS)
+        sheet.paste(img, (x + (tile - img.width) // 2, y + 4))
+        lines = [label[:26]] + textwrap.wrap(prompt, 26)[:2]
+        for j, line in enumerate(lines):
+            draw.text((x + 4, y + tile + 2 + j * 13), line, fill=(20, 20, 20) if j else (90, 90, 160))
+    buf = io.BytesIO()
+    sheet.save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2rem;color:#222}h1{margin-bottom:.2rem}
+.meta{color:#555}.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(180px,1fr));gap:12px}
+figure{margin:0;background:#fafafa;border:1px solid #ddd;border-radius:6px;padding:6px}
+img{width:100%;image-rendering:auto;border-radius:4px}figcaption{font-size:.8rem;word-wrap:break-word}
+table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}"""
+
+
+def index_html(summary: dict[str, Any], outputs: list[dict[str, Any]], rejected: list[dict[str, Any]]) -> bytes:
+    e = html.escape
+    prefix_len = len(summary["prefix"])
+    figs = []
+    for o in outputs[:GALLERY_LIMIT]:
+        rel = o["object_key"][prefix_len:]
+        figs.append(
+            f'<figure><a href="{e(rel)}"><img loading="lazy" src="{e(rel)}" alt="{e(o["prompt"])}"></a>'
+            f"<figcaption><b>{e(o['asset'])}_{o['k']}</b> · seed {o['seed']} · row {o['row_number']}<br>"
+            f"{e(o['prompt'])}</figcaption></figure>")
+    more = (f"<p>Showing {GALLERY_LIMIT} of {len(outputs)} images; every image is listed in "
+            '<a href="manifest.csv">manifest.csv</a>.</p>') if len(outputs) > GALLERY_LIMIT else ""
+    rej_rows = "".join(f"<tr><td>{r['row_number']}</td><td>{e(r['reason'])}</td>"
+                       f"<td>{e(str(r['fields'].get('prompt', ''))[:120])}</td></tr>" for r in rejected[:500])
+    rej = (f"<h2>Rejected rows ({len(rejected)})</h2><p>All of them, with their original fields, are in "
+           f'<a href="rejected.csv">rejected.csv</a>.</p><table><tr><th>row</th><th>reason</th><th>prompt</th></tr>'
+           f"{rej_rows}</table>") if rejected else ""
+    c = summary["counts"]
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>{e(summary['campaign'])} · {e(summary['run_id'])}</title><style>{_CSS}</style></head><body>
+<h1>{e(summary['campaign'])}</h1>
+<p class="meta">run {e(summary['run_id'])} · CSV {e(summary['csv_key'])} · model {e(str(summary['model_id']))}
+ · engine {e(summary['backend'])}</p>
+<p>{c['rows_read']} rows read = {c['rows_accepted']} accepted + {c['rows_rejected']} rejected + {c['rows_blank']} blank
+ · {c['images']} images · {summary['throughput_images_per_s']:.1f} images/s ·
+<a href="manifest.csv">manifest.csv</a> · <a href="manifest.parquet">manifest.parquet</a> ·
+<a href="contact_sheet.png">contact sheet</a> · <a href="summary.json">summary.json</a></p>
+<div class="grid">{''.join(figs)}</div>{more}{rej}
+<p class="meta">Images are AI-generated (IPTC DigitalSourceType trainedAlgorithmicMedia).</p>
+</body></html>""".encode()

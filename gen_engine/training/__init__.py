@@ -1,0 +1,1 @@
+"""Training: the loop, losses, DiffAugment, EMA and resumable safetensors checkpoints."""

@@ -1,0 +1,83 @@
+"""Checkpoints and model artifacts: safetensors weights + JSON, never pickle.
+
+A training checkpoint (``run/checkpoints/step_000500/``) holds G, D, G_ema, both optimizers' state
+and ``state.json`` (step, config, loss history): enough to resume exactly. A model artifact
+(``run/model/``) holds the EMA generator and ``model.json`` (architecture, training config, dataset
+version, code version, metrics): enough to rebuild the generator with nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from gen_engine.models.gan import GANConfig, Generator
+
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state_dict into flat tensors (safetensors) and JSON (param groups)."""
+    sd = opt.state_dict()
+    tensors = {f"{idx}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).detach().clone().contiguous()
+               for idx, st in sd["state"].items() for k, v in st.items()}
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    groups = meta["param_groups"]
+    for g in groups:
+        g["betas"] = tuple(g["betas"]) if "betas" in g else g.get("betas")
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optims: dict[str, torch.optim.Optimizer],
+                    state: dict[str, Any]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for name, m in modules.items():
+        save_file({k: v.detach().contiguous() for k, v in m.state_dict().items()}, path / f"{name}.safetensors")
+    opt_meta = {}
+    for name, opt in optims.items():
+        tensors, meta = optimizer_to_tensors(opt)
+        save_file(tensors, path / f"opt_{name}.safetensors")
+        opt_meta[name] = meta
+    (path / "state.json").write_text(json.dumps({**state, "optimizers": opt_meta}, indent=1))
+    return path
+
+
+def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module],
+                    optims: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
+    state = json.loads((path / "state.json").read_text())
+    for name, m in modules.items():
+        m.load_state_dict(load_file(path / f"{name}.safetensors"))
+    for name, opt in optims.items():
+        optimizer_from_tensors(opt, load_file(path / f"opt_{name}.safetensors"), state["optimizers"][name])
+    return state
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = sorted((run_dir / "checkpoints").glob("step_*"))
+    return found[-1] if found else None
+
+
+def save_model(out: Path, g_ema: Generator, meta: dict[str, Any]) -> Path:
+    """Write the inference artifact: generator.safetensors + model.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in g_ema.state_dict().items()}, out / "generator.safetensors",
+              metadata={"format": "gen_engine.generator/1"})
+    (out / "model.json").write_text(json.dumps({"architecture": g_ema.cfg.to_dict(), **meta}, indent=1, default=str))
+    return out
+
+
+def load_generator(model_dir: Path, device: str = "cpu") -> tuple[Generator, dict[str, Any]]:
+    """Rebuild the generator from its artifact folder alone (weights_only by construction)."""
+    meta = json.loads((Path(model_dir) / "model.json").read_text())
+    g = Generator(GANConfig(**meta["architecture"]))
+    g.load_state_dict(load_file(Path(model_dir) / "generator.safetensors", device=device))
+    return g.eval().to(device), meta

@@ -1,0 +1,327 @@
+"""The GAN training loop: hinge loss with mismatched-text negatives, MA-GP, TTUR Adam, DiffAugment, EMA.
+
+    genengine train --config configs/shapes32.yaml --data data/shapes --out runs/
+
+Each step is a pure function of (weights, optimizer state, step): the batch order, noise and
+augmentations are drawn from generators seeded by (seed, step), so a run resumed from a checkpoint
+produces bit-identical weights to an uninterrupted one on the CPU. At each evaluation the run folder
+gets a sample grid PNG (fixed prompts and seeds) and a loss-curve PNG.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from gen_engine.models.gan import Discriminator, GANConfig, Generator
+from gen_engine.training.augment import diff_augment
+from gen_engine.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model
+
+log = logging.getLogger(__name__)
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines a training run (YAML under configs/)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "generator"
+    resolution: int = 32
+    nf: int = 32
+    batch_size: int = Field(32, ge=2)
+    steps: int = Field(2000, ge=1)
+    lr_g: float = 1e-4
+    lr_d: float = 4e-4
+    betas: tuple[float, float] = (0.0, 0.9)
+    magp_weight: float = Field(2.0, description="Weight of the matching-aware gradient penalty.")
+    magp_power: float = Field(6.0, description="Exponent p of the gradient norm in MA-GP.")
+    diffaug: str = Field("translation,cutout", description="DiffAugment policy; empty for none.")
+    ema_decay: float = 0.999
+    ema_start: int = Field(0, description="Step after which EMA averaging starts (copy before).")
+    seed: int = 0
+    eval_every: int = Field(500, description="Steps between sample grids, loss plots and checkpoints.")
+    sample_prompts: tuple[str, ...] = (
+        "a large red circle on a white background", "a small blue square on black",
+        "a yellow triangle in the middle on a gray background", "a green star on beige",
+        "a purple hexagon on a white background", "an orange diamond on black",
+    )
+
+    @classmethod
+    def from_yaml(cls, path: Path, **overrides: Any) -> TrainConfig:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        return cls(**{**data, **overrides})
+
+    @property
+    def gan(self) -> GANConfig:
+        return GANConfig(resolution=self.resolution, nf=self.nf)
+
+
+def code_version() -> str:
+    """git commit of the code that trained (with -dirty when the tree has changes), or 'unknown'."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=here,
+                             capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        return rev or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        from gen_engine import __version__
+
+        return f"gen_engine-{__version__}"
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA GPU is visible to torch")
+    return torch.device(device)
+
+
+# --- data ------------------------------------------------------------------------------------------------
+class TrainData:
+    """Images as uint8 (N, 3, R, R) and caption embeddings (N, 384), all in memory."""
+
+    def __init__(self, images: torch.Tensor, text: torch.Tensor, captions: list[str], version: str) -> None:
+        assert images.dtype == torch.uint8 and images.shape[0] == text.shape[0] == len(captions)
+        self.images, self.text, self.captions, self.version = images, text, captions, version
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @classmethod
+    def from_imagefolder(cls, root: Path, resolution: int) -> TrainData:
+        """Read ``metadata.jsonl`` + images; encode captions with MiniLM once."""
+        import hashlib
+
+        from gen_engine.text import shared_encoder
+
+        rows = [json.loads(line) for line in (Path(root) / "metadata.jsonl").read_text().splitlines() if line]
+        imgs = np.empty((len(rows), resolution, resolution, 3), np.uint8)
+        h = hashlib.sha256()
+        for i, r in enumerate(rows):
+            im = Image.open(Path(root) / r["file_name"]).convert("RGB")
+            if im.size != (resolution, resolution):
+                im = im.resize((resolution, resolution), Image.Resampling.LANCZOS)
+            imgs[i] = np.asarray(im)
+            h.update(r["file_name"].encode() + r["text"].encode())
+        captions = [r["text"] for r in rows]
+        text = torch.from_numpy(shared_encoder().encode(captions))
+        return cls(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), text, captions,
+                   f"imagefolder:{h.hexdigest()[:16]}")
+
+    def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``step`` of an epoch-wise shuffle seeded by (seed, epoch): a pure function of step."""
+        n = len(self)
+        start = step * batch_size
+        idx = []
+        while len(idx) < batch_size:
+            epoch, off = divmod(start + len(idx), n)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+            idx.extend(perm[off : off + batch_size - len(idx)].tolist())
+        ix = torch.tensor(idx)
+        return self.images[ix].float() / 127.5 - 1.0, self.text[ix]
+
+
+# --- one step -----------------------------------------------------------------------------------
+def d_loss(g: Generator, d: Discriminator, real: torch.Tensor, text: torch.Tensor, z: torch.Tensor,
+           cfg: TrainConfig, aug: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    """Hinge loss on real/fake/mismatched pairs plus the matching-aware gradient penalty."""
+    with torch.no_grad():
+        fake = g(z, text)
+    real_a = diff_augment(real, cfg.diffaug, aug).requires_grad_(True)
+    text_gp = text.clone().requires_grad_(True)
+    feats_real = d.features(real_a)
+    out_real = d.score(feats_real, text_gp)
+    out_mis = d.score(feats_real, torch.roll(text, 1, dims=0))  # mismatched captions
+    out_fake = d(diff_augment(fake, cfg.diffaug, aug), text)
+    loss_real = F.relu(1.0 - out_real).mean()
+    loss_fake = F.relu(1.0 + out_fake).mean()
+    loss_mis = F.relu(1.0 + out_mis).mean()
+    grads = torch.autograd.grad(out_real.sum(), (real_a, text_gp), create_graph=True)
+    gnorm = torch.cat([g_.reshape(g_.shape[0], -1) for g_ in grads], dim=1).norm(2, dim=1)
+    magp = cfg.magp_weight * (gnorm ** cfg.magp_power).mean()
+    loss = loss_real + (loss_fake + loss_mis) / 2 + magp
+    return loss, {"d_real": loss_real.item(), "d_fake": loss_fake.item(), "d_mis": loss_mis.item(),
+                  "magp": magp.item()}
+
+
+def g_loss(g: Generator, d: Discriminator, text: torch.Tensor, z: torch.Tensor, cfg: TrainConfig,
+           aug: torch.Generator) -> torch.Tensor:
+    return -d(diff_augment(g(z, text), cfg.diffaug, aug), text).mean()
+
+
+@torch.no_grad()
+def ema_update(g_ema: Generator, g: Generator, decay: float) -> None:
+    for pe, p in zip(g_ema.parameters(), g.parameters(), strict=True):
+        pe.lerp_(p, 1.0 - decay)
+
+
+# --- the run ---------------------------------------------------------------------------------------
+class Trainer:
+    """Owns the networks, optimizers and run folder; `train()` runs (or resumes) to cfg.steps."""
+
+    def __init__(self, cfg: TrainConfig, data: TrainData, run_dir: Path, device: str = "cpu") -> None:
+        self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
+        self.device = pick_device(device)
+        torch.manual_seed(cfg.seed)
+        self.g = Generator(cfg.gan).to(self.device)
+        self.d = Discriminator(cfg.gan).to(self.device)
+        self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_g, betas=cfg.betas)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr_d, betas=cfg.betas)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.autocast = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        return {"G": self.g, "D": self.d, "G_ema": self.g_ema}
+
+    def resume(self) -> bool:
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return False
+        state = load_checkpoint(ckpt, self._modules(), {"g": self.opt_g, "d": self.opt_d})
+        self.step, self.history = state["step"], state["history"]
+        log.info("resumed %s at step %d", self.run_dir, self.step)
+        return True
+
+    def save(self) -> Path:
+        return save_checkpoint(self.run_dir / "checkpoints" / f"step_{self.step:07d}", self._modules(),
+                               {"g": self.opt_g, "d": self.opt_d},
+                               {"step": self.step, "history": self.history, "config": self.cfg.model_dump()})
+
+    def train_step(self) -> dict[str, float]:
+        cfg, dev = self.cfg, self.device
+        real, text = self.data.batch(self.step, cfg.batch_size, cfg.seed)
+        real, text = real.to(dev), text.to(dev)
+        rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
+        z = torch.randn(cfg.batch_size, cfg.gan.z_dim, generator=rng).to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
+            loss_d, logs = d_loss(self.g, self.d, real, text, z, cfg, rng)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
+            loss_g = g_loss(self.g, self.d, text, z, cfg, rng)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        # EMA warm-up: early on the average follows G closely, so short runs are not dragged to the init.
+        decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step)) if self.step >= cfg.ema_start else 0.0
+        ema_update(self.g_ema, self.g, decay)
+        self.step += 1
+        return {"step": self.step, "loss_d": loss_d.item(), "loss_g": loss_g.item(), **logs}
+
+    def train(self, until: int | None = None, progress: bool = True) -> None:
+        """Train to ``until`` (default cfg.steps); evaluates and checkpoints every cfg.eval_every steps."""
+        from tqdm import tqdm
+
+        until = self.cfg.steps if until is None else until
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(self.cfg.model_dump(), indent=1))
+        bar = tqdm(total=until, initial=self.step, desc="train", unit="it", disable=not progress,
+                   mininterval=1.0)
+        t0, n0 = time.monotonic(), self.step
+        while self.step < until:
+            logs = self.train_step()
+            self.history.append(logs)
+            bar.update(1)
+            if self.step % 10 == 0:
+                bar.set_postfix(d=f"{logs['loss_d']:.3f}", g=f"{logs['loss_g']:.3f}")
+            if self.step % self.cfg.eval_every == 0 or self.step == until:
+                self.save()
+                self.write_samples()
+                self.write_loss_curve()
+        bar.close()
+        dt = time.monotonic() - t0
+        if self.step > n0:
+            log.info("%d steps in %.1fs (%.1f images/s)", self.step - n0, dt,
+                     (self.step - n0) * self.cfg.batch_size / max(dt, 1e-9))
+
+    # --- artifacts -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def write_samples(self) -> Path:
+        """Grid: one row per fixed prompt, 6 fixed seeds per row."""
+        from gen_engine.text import shared_encoder
+
+        prompts = list(self.cfg.sample_prompts)
+        text = torch.from_numpy(shared_encoder().encode(prompts)).repeat_interleave(6, 0).to(self.device)
+        z = torch.from_numpy(np.stack([seed_noise(s, self.cfg.gan.z_dim) for s in range(6)] * len(prompts)))
+        imgs = to_uint8(self.g_ema(z.to(self.device), text))
+        path = self.run_dir / f"samples_{self.step:07d}.png"
+        image_grid(imgs, cols=6, labels=[p for p in prompts]).save(path)
+        return path
+
+    def write_loss_curve(self) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [h["step"] for h in self.history]
+        fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+        for key in ("loss_d", "loss_g", "magp"):
+            vals = np.array([h[key] for h in self.history])
+            k = max(1, len(vals) // 100)
+            smooth = np.convolve(vals, np.ones(k) / k, mode="valid")
+            ax.plot(steps[k - 1 :], smooth, label=key)
+        ax.set_xlabel("step")
+        ax.legend()
+        ax.set_title(f"{self.cfg.name}: losses (moving average)")
+        fig.tight_layout()
+        path = self.run_dir / "loss_curve.png"
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+
+    def export(self, extra: dict[str, Any] | None = None) -> Path:
+        """The inference artifact in run/model (EMA generator + model.json)."""
+        meta = {"name": self.cfg.name, "train_config": self.cfg.model_dump(), "steps": self.step,
+                "dataset_version": self.data.version, "code_version": code_version(), **(extra or {})}
+        return save_model(self.run_dir / "model", self.g_ema, meta)
+
+
+def seed_noise(seed: int, z_dim: int, variety: float = 1.0) -> np.ndarray:
+    """z for one image: numpy PCG64 seeded by the image seed (the rendering contract), truncated."""
+    z = np.random.Generator(np.random.PCG64(seed)).standard_normal(z_dim).astype(np.float32)
+    if variety < 1.0:
+        z = np.clip(z, -2.0, 2.0) * variety  # truncation: lower variety -> closer to the mean image
+    return z
+
+
+def to_uint8(imgs: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
+    return ((imgs.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def image_grid(imgs: np.ndarray, cols: int, labels: list[str] | None = None, scale: int = 0) -> Image.Image:
+    """Tile (B, H, W, 3) uint8 images; one label per row drawn above it."""
+    from PIL import ImageDraw
+
+    b, h, w, _ = imgs.shape
+    scale = scale or max(1, 96 // h)
+    h, w = h * scale, w * scale
+    rows = math.ceil(b / cols)
+    label_h = 14 if labels else 0
+    sheet = Image.new("RGB", (cols * w, rows * (h + label_h)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i in range(b):
+        r, c = divmod(i, cols)
+        tile = Image.fromarray(imgs[i]).resize((w, h), Image.Resampling.NEAREST)
+        sheet.paste(tile, (c * w, r * (h + label_h) + label_h))
+        if labels and c == 0 and r < len(labels):
+            draw.text((2, r * (h + label_h) + 1), labels[r][: cols * w // 6], fill=(0, 0, 0))
+    return sheet
