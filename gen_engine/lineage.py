@@ -174,13 +174,19 @@ class LineageStore:
         self, run_id: str, campaign: str, *, csv_key: str, csv_sha256: str, model_id: str | None,
         backend: str | None,
     ) -> None:
-        """Record a render run as started (idempotent: a resumed run keeps its row)."""
+        """Record a render run as started. Idempotent: a resumed run keeps its row; a re-render (same CSV,
+        new model) updates the model and backend, and its outputs replace the old rows."""
         with self.engine.begin() as c:
             _insert_ignore(c, "campaigns", {"name": campaign, "created_at": utcnow()}, key="name")
             _insert_ignore(c, "render_runs", {
                 "run_id": run_id, "campaign": campaign, "csv_key": csv_key, "csv_sha256": csv_sha256,
                 "model_id": model_id, "backend": backend, "status": "running", "started_at": utcnow()},
                 key="run_id")
+            old = c.execute(sa.text("SELECT model_id FROM render_runs WHERE run_id = :r"), {"r": run_id}).scalar()
+            if old != model_id:
+                c.execute(sa.text("DELETE FROM render_outputs WHERE run_id = :r"), {"r": run_id})
+            c.execute(sa.text("UPDATE render_runs SET model_id = :m, backend = :b, status = 'running' "
+                              "WHERE run_id = :r"), {"m": model_id, "b": backend, "r": run_id})
 
     def finish_run(self, run_id: str, *, status: str, counts: Mapping[str, int], summary: Mapping[str, Any]) -> None:
         cols = ("rows_read", "rows_accepted", "rows_rejected", "rows_blank", "images")

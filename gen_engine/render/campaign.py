@@ -122,10 +122,11 @@ def prepare(source: str, campaign: str, settings: Settings, store: Storage, *, m
             """Each shard's rows go to their own small object: memory stays flat in the CSV's size."""
             nonlocal current, shard_images
             idx = len(shards)
-            store.put_bytes(bucket, f"{prefix}work/shards/{PART_FORMAT.format(idx)}", "".join(current).encode("utf-8"),
+            body = "".join(current).encode("utf-8")
+            store.put_bytes(bucket, f"{prefix}work/shards/{PART_FORMAT.format(idx)}", body,
                             content_type="application/x-ndjson")
             shards.append({"index": idx, "rows": len(current), "images": shard_images, "first_row": first_row,
-                           "last_row": last_row})
+                           "last_row": last_row, "rows_sha256": hashlib.sha256(body).hexdigest()})
             current, shard_images = [], 0
 
         last_row = 0
@@ -155,6 +156,13 @@ def prepare(source: str, campaign: str, settings: Settings, store: Storage, *, m
     log.info("planned %s: %d rows read, %d accepted, %d rejected, %d blank -> %d images in %d shards",
              csv_key, st.rows_read, st.accepted, st.rejected, st.blank, images, len(shards))
     return plan
+
+
+def part_key(plan: Plan, index: int, model_id: str) -> str:
+    """Where a finished shard's outputs are listed. Keyed by the shard's rows and the model, so a
+    changed rule set or a new production model never reuses a stale part."""
+    digest = hashlib.sha256(f"{plan.shards[index]['rows_sha256']}:{model_id}".encode()).hexdigest()[:16]
+    return f"{plan.prefix}work/parts/shard-{index:05d}-{digest}.jsonl"
 
 
 def shard_rows(plan: Plan, index: int, store: Storage, settings: Settings) -> list[RowSpec]:
@@ -192,8 +200,8 @@ def render_shard(plan: Plan, index: int, settings: Settings, store: Storage, env
                  progress: bool = False) -> dict[str, Any]:
     """Render one shard (resumable); returns its counts and timings."""
     bucket = settings.bucket_renders
-    part_key = plan.prefix + "work/parts/" + PART_FORMAT.format(index)
-    if store.exists(bucket, part_key):
+    part = part_key(plan, index, env.model["model_id"])
+    if store.exists(bucket, part):
         log.info("shard %d already complete, skipped", index)
         return {"shard": index, "rendered": 0, "reused": plan.shards[index]["images"], "skipped_shard": True}
     shard = plan.shards[index]
@@ -276,8 +284,8 @@ def render_shard(plan: Plan, index: int, settings: Settings, store: Storage, env
 
     outputs.sort(key=lambda o: (o["row_number"], o["k"]))
     assert len(outputs) == shard["images"], (len(outputs), shard["images"])
-    part = "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in outputs).encode("utf-8")
-    store.put_bytes(bucket, part_key, part, content_type="application/x-ndjson")
+    body = "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in outputs).encode("utf-8")
+    store.put_bytes(bucket, part, body, content_type="application/x-ndjson")
     dt = time.monotonic() - t0
     log.info("shard %d done: %d rendered, %d reused in %.1fs (inference %.1fs)", index, len(todo), reused, dt, t_infer)
     return {"shard": index, "rendered": len(todo), "reused": reused, "seconds": dt, "inference_seconds": t_infer,
@@ -316,7 +324,7 @@ def finalize(plan: Plan, settings: Settings, store: Storage, lineage: LineageSto
                       model_id=model["model_id"], backend=backend_name)
     outputs: list[dict[str, Any]] = []
     for shard in plan.shards:
-        key = f"{plan.prefix}work/parts/{PART_FORMAT.format(shard['index'])}"
+        key = part_key(plan, shard["index"], model["model_id"])
         try:
             part = [json.loads(line) for line in store.get_bytes(bucket, key).decode("utf-8").splitlines() if line]
         except ObjectNotFound:

@@ -1,0 +1,211 @@
+"""The main job against the real S3 server: outputs, provenance, safety, resume, reuse, isolation."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import polars as pl
+import pytest
+import torch
+
+from gen_engine import registry
+from gen_engine.config import Settings
+from gen_engine.lineage import LineageStore
+from gen_engine.models.gan import GANConfig, Generator
+from gen_engine.render import campaign as camp
+from gen_engine.render.imagemeta import DIGITAL_SOURCE_TYPE, read_provenance
+from gen_engine.storage import Storage
+from gen_engine.training.checkpoint import save_model
+
+CSV = """prompt,seed,count,asset_name,size,format,channel
+a large red circle on a white background,101,3,hero,64x64,png,web
+a small blue square on black,,2,promo,,webp,social
+<script>alert("x")</script> green star,7,1,xss,,jpeg,web
+=HYPERLINK("http://evil"),9,1,formula,,png,web
+,1,1,empty,,png,web
+a circle,1,1,../escape,,png,web
+
+a circle,1,99,toomany,,png,web
+"""
+
+
+@pytest.fixture(scope="module")
+def model_id(s3_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An untrained 16 px generator, published like a real one (rendering does not need a good model)."""
+    torch.manual_seed(0)
+    d = save_model(tmp_path_factory.mktemp("model") / "model", Generator(GANConfig(resolution=16, nf=8)),
+                   {"name": "generator", "code_version": "test"})
+    store, lineage = Storage.from_settings(s3_settings), LineageStore.from_settings(s3_settings)
+    lineage.record_dataset_version("shapes", "dv-test", uri="s3://datasets/curated/shapes/v1/", n_records=1,
+                                   n_rejected=0, config={}, card={})
+    return registry.publish(d, s3_settings, store, lineage, dataset_version_id="dv-test")["model_id"]
+
+
+def put_csv(storage: Storage, name: str, text: str) -> str:
+    storage.put_bytes("campaigns", f"claimed/{name}", text.encode("utf-8"))
+    return f"s3://campaigns/claimed/{name}"
+
+
+def all_keys(storage: Storage, bucket: str = "renders") -> set[str]:
+    return {o.key for o in storage.list(bucket)}
+
+
+def test_campaign_end_to_end(storage: Storage, s3_settings: Settings, model_id: str) -> None:
+    before = all_keys(storage)
+    src = put_csv(storage, "e2e.csv", CSV)
+    summary = camp.run_campaign(src, "Spring Sale!", s3_settings, model_ref=model_id, shard_size=3, progress=False)
+    c = summary["counts"]
+    assert (c["rows_read"], c["rows_accepted"], c["rows_rejected"], c["rows_blank"]) == (8, 4, 3, 1)
+    assert c["images"] == 7 and summary["shards"] == 3
+    prefix = summary["prefix"]
+    assert prefix.startswith("Spring-Sale/")
+    new = all_keys(storage) - before
+    assert new and all(k.startswith(prefix) for k in new), "an object was written outside the run prefix"
+    for f in ("manifest.parquet", "manifest.csv", "rejected.csv", "contact_sheet.png", "index.html", "summary.json"):
+        assert prefix + f in new
+    images = sorted(k for k in new if k.startswith(prefix + "images/"))
+    assert [k.rsplit("/", 1)[1] for k in images] == ["formula_0.png", "hero_0.png", "hero_1.png", "hero_2.png",
+                                                      "promo_0.webp", "promo_1.webp", "xss_0.jpg"]
+
+    # Provenance inside each file and on each object.
+    data = storage.get_bytes("renders", prefix + "images/hero_1.png")
+    prov = read_provenance(data)
+    assert prov["parameters"].startswith("a large red circle on a white background\nSeed: 102,")
+    assert prov["digital_source_type"] == DIGITAL_SOURCE_TYPE
+    assert prov["lineage"]["row"] == 2 and prov["lineage"]["model_id"] == model_id
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(data)).size == (64, 64)  # Lanczos resize from 16 px native
+    meta = storage.stat("renders", prefix + "images/hero_1.png").metadata
+    assert meta["seed"] == "102" and meta["model-id"] == model_id and meta["prompt"].startswith("a large red")
+    assert read_provenance(storage.get_bytes("renders", prefix + "images/xss_0.jpg"))["digital_source_type"]
+
+    # Manifests, rejects, gallery.
+    man = pl.read_parquet(io.BytesIO(storage.get_bytes("renders", prefix + "manifest.parquet")))
+    assert man.height == 7 and man["object_key"].n_unique() == 7 and set(man["extra.channel"]) == {"web", "social"}
+    man_csv = storage.get_bytes("renders", prefix + "manifest.csv").decode("utf-8-sig")
+    assert "'=HYPERLINK" in man_csv and '\n=HYPERLINK' not in man_csv
+    rej_csv = storage.get_bytes("renders", prefix + "rejected.csv").decode("utf-8-sig")
+    assert "prompt is empty" in rej_csv and "contains '..'" in rej_csv and "count must be from 1 to 16" in rej_csv
+    page = storage.get_bytes("renders", prefix + "index.html").decode()
+    assert "<script>alert" not in page and html.escape('<script>alert("x")</script>') in page
+    summ = json.loads(storage.get_bytes("renders", prefix + "summary.json"))
+    assert summ["counts"] == c and summ["model_id"] == model_id
+
+    # Lineage: image -> run -> CSV -> row -> model -> dataset.
+    trace = LineageStore.from_settings(s3_settings).trace(prefix + "images/hero_1.png")
+    assert trace["csv_key"] == "campaigns/claimed/e2e.csv" and trace["row_number"] == 2 and trace["seed"] == 102
+    assert trace["model_id"] == model_id and trace["dataset"] == "shapes"
+
+
+def test_same_csv_twice_reuses_results(storage: Storage, s3_settings: Settings, model_id: str) -> None:
+    src = put_csv(storage, "twice.csv", "prompt,count\na red circle,3\na blue circle,2\n")
+    first = camp.run_campaign(src, "twice", s3_settings, model_ref=model_id, progress=False)
+    etags = {o.key: o.etag for o in storage.list("renders", first["prefix"] + "images/")}
+    second = camp.run_campaign(src, "twice", s3_settings, model_ref=model_id, progress=False)
+    assert first["images_rendered_now"] == 5 and second["images_rendered_now"] == 0
+    assert {o.key: o.etag for o in storage.list("renders", first["prefix"] + "images/")} == etags
+
+
+def test_resume_after_a_failed_shard_has_no_holes_or_duplicates(storage: Storage, s3_settings: Settings,
+                                                                model_id: str) -> None:
+    """The S3 upload path fails mid-shard (as when the server goes away); a rerun completes the shard."""
+    src = put_csv(storage, "flaky.csv", "prompt,count,asset_name\na red circle,16,a\na blue circle,16,b\n")
+    store = Storage.from_settings(s3_settings)
+    plan = camp.prepare(src, "flaky", s3_settings, store, model_ref=model_id)
+    from gen_engine.runtime import load_backend
+    from gen_engine.text import shared_encoder
+
+    model_dir, model = registry.resolve(model_id, s3_settings, store, LineageStore.from_settings(s3_settings))
+    env = camp.RenderEnv(load_backend("torch", model_dir), model, shared_encoder(), batch_size=8, io_threads=2)
+    real_put, calls = store.put_bytes, {"n": 0}
+
+    def failing_put(bucket, key, data, **kw):
+        calls["n"] += 1
+        if calls["n"] > 10 and "/images/" in key:
+            from gen_engine.storage import StorageUnavailable
+
+            raise StorageUnavailable("cannot reach the S3 server (test)")
+        return real_put(bucket, key, data, **kw)
+
+    store.put_bytes = failing_put  # type: ignore[method-assign]
+    with pytest.raises(Exception, match="cannot reach"):
+        camp.render_shard(plan, 0, s3_settings, store, env)
+    partial = storage.list("renders", plan.prefix + "images/")
+    assert 0 < len(partial) < 32
+    store.put_bytes = real_put  # type: ignore[method-assign]
+    result = camp.render_shard(plan, 0, s3_settings, store, env)
+    assert result["reused"] == len(partial) and result["rendered"] == 32 - len(partial)
+    keys = [o.key for o in storage.list("renders", plan.prefix + "images/")]
+    assert len(keys) == len(set(keys)) == 32
+
+
+def test_resume_after_sigkill_mid_shard(storage: Storage, s3_settings: Settings, model_id: str) -> None:
+    src = put_csv(storage, "killed.csv", "prompt,count,asset_name\n" +
+                  "".join(f"prompt number {i},16,asset{i}\n" for i in range(40)))
+    env = os.environ | {"GEN_S3_ENDPOINT": s3_settings.s3_address,
+                        "GEN_S3_ACCESS_KEY": s3_settings.s3_access_key.get_secret_value(),
+                        "GEN_S3_SECRET_KEY": s3_settings.s3_secret_key.get_secret_value(),
+                        "GEN_LOCAL_DIR": str(s3_settings.local_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "gen_engine.cli", "render", src, "--campaign", "killed",
+                             "--model", model_id], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prefix = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        found = [o.key for o in storage.list("renders", "killed/") if "/images/" in o.key]
+        if len(found) >= 20:
+            prefix = found[0].split("images/")[0]
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert prefix, "the render never started writing images"
+    done_before = len(storage.list("renders", prefix + "images/"))
+    assert done_before < 640, "the run finished before it could be killed; make the campaign larger"
+    summary = camp.run_campaign(src, "killed", s3_settings, model_ref=model_id, progress=False)
+    keys = [o.key for o in storage.list("renders", prefix + "images/")]
+    assert len(keys) == len(set(keys)) == 640 == summary["counts"]["images"]
+    assert summary["images_rendered_now"] == 640 - done_before
+
+
+def test_two_campaigns_in_parallel_do_not_interfere(storage: Storage, s3_settings: Settings, model_id: str) -> None:
+    srcs = {name: put_csv(storage, f"{name}.csv", f"prompt,count,asset_name\n{name} red circle,6,same\n")
+            for name in ("alpha", "beta")}
+    results: dict[str, dict] = {}
+
+    def go(name: str) -> None:
+        results[name] = camp.run_campaign(srcs[name], name, s3_settings, model_ref=model_id, progress=False)
+
+    threads = [threading.Thread(target=go, args=(n,)) for n in srcs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name, summary in results.items():
+        keys = [o.key for o in storage.list("renders", summary["prefix"] + "images/")]
+        assert len(keys) == 6 and all(k.startswith(f"{name}/") for k in keys)
+        assert storage.stat("renders", keys[0]).metadata["campaign"] == name
+
+
+def test_new_model_rerenders_instead_of_reusing(storage: Storage, s3_settings: Settings, model_id: str,
+                                                tmp_path) -> None:
+    src = put_csv(storage, "newmodel.csv", "prompt,count\na red circle,2\n")
+    first = camp.run_campaign(src, "newmodel", s3_settings, model_ref=model_id, progress=False)
+    torch.manual_seed(1)
+    d = save_model(tmp_path / "m2", Generator(GANConfig(resolution=16, nf=8)), {"name": "generator"})
+    lineage = LineageStore.from_settings(s3_settings)
+    m2 = registry.publish(d, s3_settings, storage, lineage)["model_id"]
+    second = camp.run_campaign(src, "newmodel", s3_settings, model_ref=m2, progress=False)
+    assert first["prefix"] == second["prefix"] and second["images_rendered_now"] == 2
+    assert second["counts"]["images"] == 2 and lineage.run(second["run_id"])["model_id"] == m2
+    key = second["prefix"] + "images/row000002_0.png"
+    assert storage.stat("renders", key).metadata["model-id"] == m2
+    assert lineage.trace(key)["model_id"] == m2
