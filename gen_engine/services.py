@@ -166,7 +166,7 @@ class LocalS3:
                 raise ServiceError(f"The local S3 server exited at start (code {proc.returncode}). "
                                    f"Last lines of {self.log_file}:\n{_tail(self.log_file)}")
             try:
-                store.check()
+                self._probe(store, buckets[0] if buckets else "datasets")
                 return
             except StorageError:
                 if time.monotonic() > deadline:
@@ -176,6 +176,16 @@ class LocalS3:
                         f"Last lines of {self.log_file}:\n{_tail(self.log_file)}"
                     ) from None
                 time.sleep(0.3)
+
+    @staticmethod
+    def _probe(store: Storage, bucket: str) -> None:
+        """Ready means an object can be written and read back, not just that the S3 port answers:
+        after a restart SeaweedFS lists buckets before its volume server can serve data."""
+        store.ensure_bucket(bucket)
+        store.put_bytes(bucket, ".gen-health", b"ok")
+        if store.get_bytes(bucket, ".gen-health") != b"ok":
+            raise StorageError("health probe read back the wrong bytes")
+        store.delete(bucket, ".gen-health")
 
     def stop(self, timeout_s: float = 15.0) -> bool:
         """Stop the server this folder's pid file names; True if one was running."""

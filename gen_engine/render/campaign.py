@@ -130,11 +130,16 @@ def prepare(source: str, campaign: str, settings: Settings, store: Storage, *, m
             current, shard_images = [], 0
 
         last_row = 0
+        table: dict[str, list[Any]] = {"prompt_chars": [], "seed": [], "count": [], "asset": [], "format": [],
+                                       "variety": []}  # light columns for the GX suite (no prompt text)
         with open(rejected_path, "w", encoding="utf-8") as rej:
             for item in reader:
                 if isinstance(item, Rejection):
                     rej.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
                     continue
+                for col, val in (("prompt_chars", len(item.prompt)), ("seed", item.seed), ("count", item.count),
+                                 ("asset", item.asset), ("format", item.format), ("variety", item.variety)):
+                    table[col].append(val)
                 if not current:
                     first_row = item.row_number
                 current.append(json.dumps(asdict(item), ensure_ascii=False) + "\n")
@@ -146,10 +151,22 @@ def prepare(source: str, campaign: str, settings: Settings, store: Storage, *, m
             if current:
                 flush(last_row)
         st = reader.stats
+        validation = {"success": True, "skipped": "no accepted rows"}
+        if st.accepted:
+            import polars as pl
+
+            from gen_engine.validation import run_suite
+
+            validation = run_suite(pl.DataFrame(table, schema_overrides={"seed": pl.Int64}), "prompt_csv")
+        del table
         stats = {"rows_read": st.rows_read, "rows_accepted": st.accepted, "rows_rejected": st.rejected,
                  "rows_blank": st.blank, "images_planned": images, "encoding": st.encoding,
                  "delimiter": st.delimiter, "columns": st.columns}
         store.put_file(bucket, prefix + "work/rejected.jsonl", rejected_path, content_type="application/x-ndjson")
+        store.put_bytes(bucket, prefix + "validation.json", json.dumps(validation, indent=1, default=str).encode(),
+                        content_type="application/json")
+        stats["validation"] = {"suite": validation.get("suite"), "success": validation["success"],
+                               **validation.get("statistics", {})}
         plan = Plan(slug, run_id, prefix, csv_key, sha, model_ref, backend, stats, shards, time.monotonic() - t0)
         store.put_bytes(bucket, prefix + "work/plan.json", json.dumps(plan.to_json(), indent=1).encode(),
                         content_type="application/json")
@@ -368,6 +385,7 @@ def finalize(plan: Plan, settings: Settings, store: Storage, lineage: LineageSto
         "backend": backend_name, "counts": counts, "images_rendered_now": rendered,
         "images_reused": len(outputs) - rendered if shard_results is not None else None,
         "shards": len(plan.shards), "encoding": plan.stats["encoding"], "delimiter": plan.stats["delimiter"],
+        "validation": plan.stats.get("validation"),
         "timings_s": {"plan": round(plan.plan_seconds, 3), "render": round(render_s, 3),
                       "finalize": round(time.monotonic() - t0, 3)},
         "throughput_images_per_s": rendered / render_s if render_s > 0 else 0.0,

@@ -39,6 +39,16 @@ def contact_sheet(items: list[tuple[bytes, str, str]], cols: int = 8, tile: int 
     return buf.getvalue()
 
 
+def _validation_line(summary: dict[str, Any]) -> str:
+    v = summary.get("validation") or {}
+    if not v:
+        return "not run"
+    if "evaluated_expectations" not in v:
+        return "passed" if v.get("success") else "failed"
+    ok = v.get("successful_expectations", 0)
+    return f"{'passed' if v['success'] else 'FAILED'}: {ok}/{v['evaluated_expectations']} expectations"
+
+
 _CSS = """body{font-family:system-ui,sans-serif;margin:2rem;color:#222}h1{margin-bottom:.2rem}
 .meta{color:#555}.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(180px,1fr));gap:12px}
 figure{margin:0;background:#fafafa;border:1px solid #ddd;border-radius:6px;padding:6px}
@@ -72,7 +82,8 @@ def index_html(summary: dict[str, Any], outputs: list[dict[str, Any]], rejected:
 <p>{c['rows_read']} rows read = {c['rows_accepted']} accepted + {c['rows_rejected']} rejected + {c['rows_blank']} blank
  · {c['images']} images · {summary['throughput_images_per_s']:.1f} images/s ·
 <a href="manifest.csv">manifest.csv</a> · <a href="manifest.parquet">manifest.parquet</a> ·
-<a href="contact_sheet.png">contact sheet</a> · <a href="summary.json">summary.json</a></p>
+<a href="contact_sheet.png">contact sheet</a> · <a href="summary.json">summary.json</a> ·
+<a href="validation.json">validation report</a> ({e(_validation_line(summary))})</p>
 <div class="grid">{''.join(figs)}</div>{more}{rej}
 <p class="meta">Images are AI-generated (IPTC DigitalSourceType trainedAlgorithmicMedia).</p>
 </body></html>""".encode()

@@ -97,6 +97,9 @@ def test_campaign_end_to_end(storage: Storage, s3_settings: Settings, model_id: 
     assert "prompt is empty" in rej_csv and "contains '..'" in rej_csv and "count must be from 1 to 16" in rej_csv
     page = storage.get_bytes("renders", prefix + "index.html").decode()
     assert "<script>alert" not in page and html.escape('<script>alert("x")</script>') in page
+    validation = json.loads(storage.get_bytes("renders", prefix + "validation.json"))
+    assert validation["success"] and validation["statistics"]["evaluated_expectations"] >= 8
+    assert "validation report" in page and "passed" in page
     summ = json.loads(storage.get_bytes("renders", prefix + "summary.json"))
     assert summ["counts"] == c and summ["model_id"] == model_id
 
@@ -209,3 +212,44 @@ def test_new_model_rerenders_instead_of_reusing(storage: Storage, s3_settings: S
     key = second["prefix"] + "images/row000002_0.png"
     assert storage.stat("renders", key).metadata["model-id"] == m2
     assert lineage.trace(key)["model_id"] == m2
+
+
+def test_resume_after_the_s3_server_stopped_mid_shard(tmp_path, model_id: str, s3_settings: Settings,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A private S3 server is really stopped during a shard's uploads, restarted, and the rerun completes."""
+    import secrets
+
+    from gen_engine.services import LocalS3, S3Ports
+    from gen_engine.storage import StorageUnavailable
+
+    server = LocalS3(tmp_path / "s3", S3Ports.free(), "k-" + secrets.token_hex(3), secrets.token_hex(12))
+    server.start(["campaigns", "renders", "models"])
+    try:
+        settings = Settings(s3_endpoint=server.endpoint, s3_access_key=server._access_key,
+                            s3_secret_key=server._secret_key, local_dir=tmp_path / "local", s3_retries=2)
+        store = Storage.from_settings(settings)
+        model_dir, _ = registry.resolve(model_id, s3_settings, Storage.from_settings(s3_settings),
+                                        LineageStore.from_settings(s3_settings))
+        src = put_csv(store, "outage.csv", "prompt,count,asset_name\n" +
+                      "".join(f"outage prompt {i},16,a{i}\n" for i in range(8)))
+        real_put, uploads = Storage.put_bytes, {"n": 0}
+
+        def put_then_outage(self, bucket, key, data, **kw):
+            out = real_put(self, bucket, key, data, **kw)
+            if "/images/" in key:
+                uploads["n"] += 1
+                if uploads["n"] == 40:
+                    server.stop()  # the real server goes away mid-shard
+            return out
+
+        monkeypatch.setattr(Storage, "put_bytes", put_then_outage)
+        with pytest.raises(StorageUnavailable, match=server.endpoint):
+            camp.run_campaign(src, "outage", settings, model_ref=str(model_dir), progress=False)
+        monkeypatch.undo()
+        server.start(["campaigns", "renders", "models"])  # back, same data folder and ports
+        summary = camp.run_campaign(src, "outage", settings, model_ref=str(model_dir), progress=False)
+        keys = [o.key for o in Storage.from_settings(settings).list("renders", summary["prefix"] + "images/")]
+        assert len(keys) == len(set(keys)) == 128 == summary["counts"]["images"]
+        assert 40 <= summary["images_reused"] < 128
+    finally:
+        server.stop()

@@ -1,0 +1,25 @@
+"""The GX suites are real: they pass on good tables and fail, naming the expectation, on bad ones."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from gen_engine.validation import load_suite, run_suite
+
+GOOD = {"prompt_chars": [12, 40], "seed": [1, None], "count": [1, 16], "asset": ["hero", "promo.v2"],
+        "format": ["png", "jpeg"], "variety": [1.0, 0.5]}
+
+
+def test_prompt_suite_passes_on_a_good_table() -> None:
+    res = run_suite(pl.DataFrame(GOOD, schema_overrides={"seed": pl.Int64}), "prompt_csv")
+    n_expectations = len(load_suite("prompt_csv")["expectations"])
+    assert res["success"] and res["statistics"]["evaluated_expectations"] == n_expectations
+
+
+def test_prompt_suite_fails_on_a_bad_table() -> None:
+    bad = GOOD | {"asset": ["hero", "hero"], "count": [1, 99], "format": ["png", "gif"]}
+    res = run_suite(pl.DataFrame(bad, schema_overrides={"seed": pl.Int64}), "prompt_csv")
+    failed = {(e["expectation_type"], e["kwargs"].get("column")) for e in res["expectations"] if not e["success"]}
+    assert not res["success"]
+    assert failed == {("expect_column_values_to_be_unique", "asset"), ("expect_column_values_to_be_between", "count"),
+                      ("expect_column_values_to_be_in_set", "format")}
