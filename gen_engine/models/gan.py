@@ -65,7 +65,8 @@ class Affine(nn.Module):
         nn.init.zeros_(self.beta[2].bias)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return self.gamma(c)[:, :, None, None] * x + self.beta(c)[:, :, None, None]
+        # One fused op instead of mul + add: one full-size temporary less per fusion (memory at batch 64).
+        return torch.addcmul(self.beta(c)[:, :, None, None], self.gamma(c)[:, :, None, None], x)
 
 
 class Fuse(nn.Module):
@@ -76,8 +77,9 @@ class Fuse(nn.Module):
         self.a1, self.a2 = Affine(cond_dim, ch), Affine(cond_dim, ch)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        x = F.leaky_relu(self.a1(x, c), 0.2)
-        return F.leaky_relu(self.a2(x, c), 0.2)
+        # In place is autograd-safe here: each affine output is consumed only by its activation.
+        x = F.leaky_relu(self.a1(x, c), 0.2, inplace=True)
+        return F.leaky_relu(self.a2(x, c), 0.2, inplace=True)
 
 
 class GBlock(nn.Module):
