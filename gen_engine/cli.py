@@ -100,9 +100,12 @@ def services_up(
 @friendly
 def services_down() -> None:
     """Stop the local S3 server started by `services up` (only that process)."""
+    from gen_engine.demo import stop_standalone
     from gen_engine.services import LocalS3
 
     s = get_settings()
+    if stop_standalone(s):
+        console.print("airflow standalone stopped")
     stopped = LocalS3.from_settings(s).stop() if s.uses_local_s3 else False
     console.print("local S3 stopped" if stopped else "no local S3 server of ours was running")
 
@@ -133,11 +136,63 @@ def dataset_synth(
     console.print(f"wrote {n} images and {meta}")
 
 
+@dataset_app.command("ingest")
+@friendly
+def dataset_ingest(
+    source: str = typer.Argument(..., help="A zip, tar or folder, local or s3://bucket/key."),
+    name: str = typer.Option(..., help="Dataset name (curated versions go to s3://datasets/curated/<name>/v<N>/)."),
+    size: int = typer.Option(64, help="Side of the stored training images."),
+) -> None:
+    """Validate a drop (Great Expectations), quarantine bad records, publish a versioned curated dataset."""
+    from gen_engine.datasets.ingest import CurationConfig, DropRejected, ingest
+    from gen_engine.lineage import LineageStore
+    from gen_engine.storage import Storage
+
+    s = get_settings()
+    try:
+        r = ingest(source, name, s, Storage.from_settings(s), LineageStore.from_settings(s), CurationConfig(size=size))
+    except DropRejected as e:
+        err_console.print(f"[bold red]drop rejected:[/] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    what = "new version" if r.created else "already ingested, unchanged"
+    console.print(f"{r.dataset} v{r.version} ({what}): {r.records_in} records in = {r.accepted} accepted + "
+                  f"{r.rejected} rejected + {r.duplicates_merged} duplicates merged; {r.uri}")
+    if r.rejected_by_reason:
+        console.print(f"rejected by reason: {r.rejected_by_reason}")
+
+
+@dataset_app.command("list")
+@friendly
+def dataset_list() -> None:
+    """Datasets and their latest versions."""
+    from gen_engine.lineage import LineageStore
+
+    table = Table("dataset", "versions", "latest")
+    for d in LineageStore.from_settings(get_settings()).datasets():
+        table.add_row(d["name"], str(d["versions"]), f"v{d['latest']}" if d["latest"] else "-")
+    console.print(table)
+
+
+@dataset_app.command("show")
+@friendly
+def dataset_show(name: str, version: int | None = typer.Option(None, help="Default: the latest.")) -> None:
+    """One version's card: counts, rejects by reason, histograms, location."""
+    from gen_engine.lineage import LineageStore
+
+    row = LineageStore.from_settings(get_settings()).dataset_version(name, version)
+    if row is None:
+        which = f"{name} v{version}" if version else name
+        raise ValueError(f"no dataset '{which}'; see `genengine dataset list`")
+    typer.echo(json.dumps({k: v for k, v in row.items() if not k.endswith("_json")} |
+                          {"card": json.loads(row["card_json"])}, indent=2))
+
+
 @app.command()
 @friendly
 def train(
     config: Path = typer.Option(..., exists=True, dir_okay=False, help="Training config YAML (configs/*.yaml)."),
-    data: Path = typer.Option(..., exists=True, help="imagefolder dataset (metadata.jsonl + images)."),
+    data: str = typer.Option(..., help="A curated dataset (name or name@vN, from the lineage store) or a local "
+                                       "imagefolder (metadata.jsonl + images)."),
     out: Path = typer.Option(..., help="Run folder; training resumes from its latest checkpoint."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     steps: int | None = typer.Option(None, help="Override the config's step count."),
@@ -152,25 +207,64 @@ def train(
     if dry_run:
         typer.echo(json.dumps(cfg.model_dump(), indent=2))
         return
-    trainer = Trainer(cfg, TrainData.from_imagefolder(data, cfg.resolution), out, device=device)
+    if Path(data).is_dir():
+        train_data = TrainData.from_imagefolder(Path(data), cfg.resolution)
+    else:
+        s = get_settings()
+        train_data = TrainData.from_curated(data, s, cfg.resolution)
+    trainer = Trainer(cfg, train_data, out, device=device)
     trainer.resume()
     trainer.train()
     model_dir = trainer.export()
     console.print(f"model written to {model_dir}")
     if publish:
-        _publish(model_dir, alias)
+        _publish(model_dir, alias, train_data.dataset_version_id)
 
 
-def _publish(model_dir: Path, alias: str | None) -> dict[str, Any]:
+def _publish(model_dir: Path, alias: str | None, dataset_version_id: str | None = None) -> dict[str, Any]:
     from gen_engine import registry
     from gen_engine.lineage import LineageStore
     from gen_engine.storage import Storage
 
     s = get_settings()
-    row = registry.publish(model_dir, s, Storage.from_settings(s), LineageStore.from_settings(s), alias=alias)
+    row = registry.publish(model_dir, s, Storage.from_settings(s), LineageStore.from_settings(s), alias=alias,
+                           dataset_version_id=dataset_version_id)
     console.print(f"published {row['model_id']} (version {row['version']}) to {row['uri']}"
                   + (f", alias {alias}" if alias else ""))
     return row
+
+
+@app.command()
+@friendly
+def evaluate(
+    model: str = typer.Option("production", help="Alias, model id, or a local model folder."),
+    data: str = typer.Option(..., help="Training data (curated name[@vN] or imagefolder); the encoder trains on it."),
+    heldout: str | None = typer.Option(None, help="Held-out data; default: the curated version's val split."),
+    out: Path = typer.Option(Path("metrics.jsonl"), help="JSONL file the metrics are appended to."),
+) -> None:
+    """Frechet distance, R-precision, cosine (and colour/shape accuracy on synthetic shapes) on held-out data."""
+    from gen_engine import registry
+    from gen_engine.evaluation import append_metrics, evaluate_model
+    from gen_engine.lineage import LineageStore
+    from gen_engine.storage import Storage
+    from gen_engine.training.loop import TrainData
+
+    s = get_settings()
+    lineage = LineageStore.from_settings(s)
+    store = None if Path(model).is_dir() else Storage.from_settings(s)
+    model_dir, row = registry.resolve(model, s, store, lineage)  # type: ignore[arg-type]
+    res = json.loads((model_dir / "model.json").read_text())["architecture"]["resolution"]
+
+    def load(ref: str, split: str = "train") -> TrainData:
+        if Path(ref).is_dir():
+            return TrainData.from_imagefolder(Path(ref), res)
+        return TrainData.from_curated(ref, s, res, split=split)
+
+    train_data = load(data)
+    held = load(heldout) if heldout else load(data, split="val")
+    metrics = evaluate_model(model_dir, train_data, held, s.local_dir / "cache" / "eval")
+    append_metrics(out, 0, {"model_id": row["model_id"], "data": data, **metrics})
+    console.print(json.dumps(metrics, indent=1))
 
 
 @app.command()
@@ -201,6 +295,26 @@ def sample(
     imgs = backend.render(z, np.repeat(shared_encoder().encode([prompt]), n, axis=0))
     image_grid(imgs, cols=min(n, 8), labels=[prompt]).save(out)
     console.print(f"wrote {out}")
+
+
+@app.command("compile")
+@friendly
+def compile_cmd(model: str = typer.Option("production", help="Alias or model id to compile.")) -> None:
+    """Export the generator to ONNX (parity-checked), build TensorRT where present, publish beside the model."""
+    from gen_engine import registry
+    from gen_engine.compile.onnx_export import compile_model
+    from gen_engine.lineage import LineageStore
+    from gen_engine.storage import Storage
+
+    s = get_settings()
+    store, lineage = Storage.from_settings(s), LineageStore.from_settings(s)
+    model_dir, row = registry.resolve(model, s, store, lineage)
+    report = compile_model(model_dir)
+    engines = registry.publish_compiled(model_dir, row, report, s, store, lineage)
+    p = report["onnx"]["parity"]
+    console.print(f"compiled {row['model_id']}: ONNX {report['onnx']['bytes'] / 1e6:.1f} MB, parity max abs error "
+                  f"{p['max_abs_error']:.1e} on {p['pairs']} pairs; engines: {', '.join(engines)}; "
+                  f"TensorRT: {report['tensorrt'].get('reason', 'built')}")
 
 
 @app.command()

@@ -65,8 +65,19 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL (postgresql+psycopg://... in deployments). Unset: SQLite under local_dir.",
     )
 
+    # --- retraining (generator_retrain DAG) ------------------------------------------------------------
+    retrain_dataset: str = Field("shapes", description="Curated dataset the nightly retrain trains on.")
+    retrain_config: Path = Field(Path("configs/demo.yaml"), description="Training config of the nightly retrain.")
+    retrain_device: str = Field("auto", description="auto | cpu | cuda")
+    gate_max_fd_increase: float = Field(0.02, ge=0, description="Promote only if FD is worse by at most this fraction.")
+    gate_max_r_precision_drop: float = Field(0.02, ge=0, description="... and R-precision drops by at most this.")
+
+    # --- rendering ----------------------------------------------------------------------------------
+    render_shard_size: int = Field(2048, ge=1, description="Images per render shard (one mapped Airflow task).")
+
     # --- Airflow ------------------------------------------------------------------------------------
     airflow_gpu_pool_slots: int = Field(1, ge=1, description="Slots of the Airflow pool `gpu`.")
+    airflow_render_pool_slots: int = Field(2, ge=1, description="Slots of the Airflow pool `render`.")
     airflow_s3_conn_id: str = "gen_s3"
 
     @field_validator("s3_endpoint")

@@ -140,6 +140,11 @@ class LineageStore:
                 "created_at": utcnow()})
         return int(n)
 
+    def update_model_metrics(self, model_id: str, metrics: Mapping[str, Any]) -> None:
+        with self.engine.begin() as c:
+            c.execute(sa.text("UPDATE model_versions SET metrics_json = :m WHERE model_id = :id"),
+                      {"m": _dumps(metrics), "id": model_id})
+
     def model(self, model_id: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM model_versions WHERE model_id = :m", m=model_id)
 

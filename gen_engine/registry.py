@@ -17,6 +17,7 @@ from gen_engine.lineage import LineageStore
 from gen_engine.storage import Storage
 
 MODEL_FILES = ("generator.safetensors", "model.json")
+COMPILED_FILES = ("generator.onnx", "compile_report.json", "generator.plan", "generator.plan.json")
 
 
 def model_id_for(model_dir: Path, name: str) -> str:
@@ -58,8 +59,41 @@ def resolve(ref: str, settings: Settings, store: Storage, lineage: LineageStore,
         raise ValueError(f"no model '{ref}': not an alias of '{name}', a model id, or a model folder. "
                          "Train and publish one first (`genengine train ... --publish`).")
     local = settings.local_dir / "cache" / "models" / row["model_id"]
+    prefix = row["uri"].removeprefix(f"s3://{settings.bucket_models}/")
     if not all((local / f).exists() for f in MODEL_FILES):
-        prefix = row["uri"].removeprefix(f"s3://{settings.bucket_models}/")
         for f in MODEL_FILES:
             store.get_file(settings.bucket_models, prefix + f, local / f)
+    # Compiled artifacts travel with the model when they exist (registered engines).
+    for eng in lineage.engines(row["model_id"]):
+        name = eng["uri"].rsplit("/", 1)[-1]
+        if not (local / name).exists():
+            for f in [name, *(c for c in COMPILED_FILES if c.startswith(name) and c != name)]:
+                if store.exists(settings.bucket_models, prefix + f):
+                    store.get_file(settings.bucket_models, prefix + f, local / f)
     return local, row
+
+
+def publish_compiled(model_dir: Path, row: dict[str, Any], report: dict[str, Any], settings: Settings,
+                     store: Storage, lineage: LineageStore) -> list[str]:
+    """Upload what `compile_model` produced beside the model in S3 and register each engine."""
+    prefix = row["uri"].removeprefix(f"s3://{settings.bucket_models}/")
+    for f in COMPILED_FILES:
+        if (Path(model_dir) / f).exists():
+            store.put_file(settings.bucket_models, prefix + f, Path(model_dir) / f)
+    engines = []
+    onnx = report["onnx"]
+    lineage.register_engine(f"{row['model_id']}-onnx-{onnx['sha256'][:12]}", row["model_id"], backend="onnxruntime",
+                            uri=row["uri"] + onnx["file"], sha256=onnx["sha256"],
+                            key={"opset": onnx["opset"], "onnxruntime": report["versions"]["onnxruntime"]},
+                            report=report)
+    engines.append("onnxruntime")
+    trt = report.get("tensorrt", {})
+    if trt.get("built"):  # pragma: no cover (GPU hosts only)
+        from gen_engine.compile.onnx_export import sha256_file
+
+        plan = Path(model_dir) / trt["file"]
+        lineage.register_engine(f"{row['model_id']}-trt-{sha256_file(plan)[:12]}", row["model_id"],
+                                backend="tensorrt", uri=row["uri"] + trt["file"], sha256=sha256_file(plan),
+                                key=trt["key"], report=report)
+        engines.append("tensorrt")
+    return engines

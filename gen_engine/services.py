@@ -281,4 +281,5 @@ def init_airflow_home(settings: Settings) -> Path:
         finally:
             os.unlink(path)
     run("pools", "set", "gpu", str(settings.airflow_gpu_pool_slots), "GPU work: training and GPU rendering")
+    run("pools", "set", "render", str(settings.airflow_render_pool_slots), "Campaign render shards")
     return home

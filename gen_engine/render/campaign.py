@@ -220,7 +220,8 @@ def render_shard(plan: Plan, index: int, settings: Settings, store: Storage, env
     part = part_key(plan, index, env.model["model_id"])
     if store.exists(bucket, part):
         log.info("shard %d already complete, skipped", index)
-        return {"shard": index, "rendered": 0, "reused": plan.shards[index]["images"], "skipped_shard": True}
+        return {"shard": index, "rendered": 0, "reused": plan.shards[index]["images"], "skipped_shard": True,
+                "backend": env.backend.name}
     shard = plan.shards[index]
     t0 = time.monotonic()
     specs = shard_rows(plan, index, store, settings)
@@ -306,7 +307,7 @@ def render_shard(plan: Plan, index: int, settings: Settings, store: Storage, env
     dt = time.monotonic() - t0
     log.info("shard %d done: %d rendered, %d reused in %.1fs (inference %.1fs)", index, len(todo), reused, dt, t_infer)
     return {"shard": index, "rendered": len(todo), "reused": reused, "seconds": dt, "inference_seconds": t_infer,
-            "backpressure_seconds": t_wait}
+            "backpressure_seconds": t_wait, "backend": env.backend.name}
 
 
 def _noise(seed: int, z_dim: int, variety: float) -> np.ndarray:

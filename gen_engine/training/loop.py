@@ -94,9 +94,18 @@ def pick_device(device: str) -> torch.device:
 class TrainData:
     """Images as uint8 (N, 3, R, R) and caption embeddings (N, 384), all in memory."""
 
-    def __init__(self, images: torch.Tensor, text: torch.Tensor, captions: list[str], version: str) -> None:
+    def __init__(self, images: torch.Tensor, text: torch.Tensor, captions: list[str], version: str,
+                 dataset_version_id: str | None = None) -> None:
+        """version: a description of the data; dataset_version_id: the curated version (lineage), if any."""
         assert images.dtype == torch.uint8 and images.shape[0] == text.shape[0] == len(captions)
         self.images, self.text, self.captions, self.version = images, text, captions, version
+        self.dataset_version_id = dataset_version_id
+        self.attributes: dict[str, list[str]] = {}  # e.g. color/shape of synthetic shapes, for evaluation
+
+    def labels(self, vocab: dict[str, list[str]] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+        """Attribute columns as class indices (vocabulary sorted, or the one given)."""
+        vocab = vocab or {k: sorted(set(v)) for k, v in self.attributes.items()}
+        return {k: torch.tensor([vocab[k].index(x) for x in self.attributes[k]]) for k in vocab}, vocab
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -119,8 +128,39 @@ class TrainData:
             h.update(r["file_name"].encode() + r["text"].encode())
         captions = [r["text"] for r in rows]
         text = torch.from_numpy(shared_encoder().encode(captions))
-        return cls(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), text, captions,
+        data = cls(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), text, captions,
                    f"imagefolder:{h.hexdigest()[:16]}")
+        data.attributes = {k: [str(r[k]) for r in rows] for k in ("color", "shape") if rows and k in rows[0]}
+        return data
+
+    @classmethod
+    def from_curated(cls, ref: str, settings: Any, resolution: int, split: str = "train") -> TrainData:
+        """A curated version (``name`` = latest, or ``name@vN``) from S3: stored embeddings, no re-encoding."""
+        import io
+
+        import polars as pl
+
+        from gen_engine.lineage import LineageStore
+        from gen_engine.storage import Storage
+
+        name, _, v = ref.partition("@")
+        row = LineageStore.from_settings(settings).dataset_version(name, int(v.lstrip("v")) if v else None)
+        if row is None:
+            raise ValueError(f"no curated dataset '{ref}'; ingest one first (`genengine dataset ingest`)")
+        store = Storage.from_settings(settings)
+        prefix = row["uri"].removeprefix(f"s3://{settings.bucket_datasets}/")
+        frames = [pl.read_parquet(io.BytesIO(store.get_bytes(settings.bucket_datasets, o.key)))
+                  for o in store.list(settings.bucket_datasets, prefix) if o.key.endswith(".parquet")]
+        df = pl.concat(frames).filter(pl.col("split") == split)
+        imgs = np.empty((df.height, resolution, resolution, 3), np.uint8)
+        for i, png in enumerate(df["image"]):
+            im = Image.open(io.BytesIO(png)).convert("RGB")
+            if im.size != (resolution, resolution):
+                im = im.resize((resolution, resolution), Image.Resampling.LANCZOS)
+            imgs[i] = np.asarray(im)
+        text = torch.from_numpy(df["embedding"].to_numpy().astype(np.float32))
+        return cls(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), text, df["caption"].to_list(),
+                   row["version_id"], dataset_version_id=row["version_id"])
 
     def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``step`` of an epoch-wise shuffle seeded by (seed, epoch): a pure function of step."""

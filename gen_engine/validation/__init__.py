@@ -23,8 +23,12 @@ def load_suite(name: str) -> dict[str, Any]:
     return json.loads((SUITES / f"{name}.json").read_text())
 
 
-def run_suite(df: pl.DataFrame, suite_name: str) -> dict[str, Any]:
-    """Validate ``df`` against a suite file; returns GX's result dict (``success``, ``statistics``, ...)."""
+def run_suite(df: pl.DataFrame, suite_name: str,
+              overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Validate ``df`` against a suite file; returns GX's result dict (``success``, ``statistics``, ...).
+
+    ``overrides`` replaces kwargs per column (thresholds that live in the settings, e.g. the rejected fraction).
+    """
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
@@ -36,7 +40,8 @@ def run_suite(df: pl.DataFrame, suite_name: str) -> dict[str, Any]:
         .add_batch_definition_whole_dataframe("all")
     suite = gx.ExpectationSuite(name=spec["name"])
     for e in spec["expectations"]:
-        suite.add_expectation_configuration(ExpectationConfiguration(type=e["type"], kwargs=e["kwargs"]))
+        kwargs = e["kwargs"] | (overrides or {}).get(e["kwargs"].get("column", ""), {})
+        suite.add_expectation_configuration(ExpectationConfiguration(type=e["type"], kwargs=kwargs))
     suite = ctx.suites.add(suite)
     vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"{suite_name}-run", data=batch_def, suite=suite))
     result = vd.run(batch_parameters={"dataframe": df.to_pandas()}).describe_dict()

@@ -1,0 +1,87 @@
+"""
+### generator_retrain
+Nightly at 02:00 UTC and whenever a curated dataset is updated. Skips when neither the data (latest
+curated version of `GEN_RETRAIN_DATASET`) nor the training config changed since the production model.
+Otherwise: **train** (on the `gpu` pool and queue when configured) -> **evaluate** challenger and
+champion on the same held-out split -> **gate** (promote only if Frechet distance is not worse by more
+than 2% and R-precision not lower by more than 0.02; thresholds in the settings; the first model is
+promoted) -> **promote** (compile to ONNX, TensorRT where present; register the engines; move the
+`production` alias) -> the model Asset is updated.
+"""
+
+from __future__ import annotations
+
+import os
+
+from airflow.sdk import Asset, AssetAlias, AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+from gen_airflow.dag_defaults import DEFAULT_ARGS, START
+
+PRODUCTION_MODEL = Asset(name="generator_production", uri="s3://models/generator")
+
+
+@dag(schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"),
+                                  assets=AssetAlias("curated_datasets")),
+     start_date=START, catchup=False, max_active_runs=1, tags=["models", "gen-engine"], default_args=DEFAULT_ARGS,
+     doc_md=__doc__)
+def generator_retrain():
+    @task.short_circuit
+    def decide() -> dict | bool:
+        from gen_airflow import factory_settings
+
+        from gen_engine.lineage import LineageStore
+        from gen_engine.orchestration import retrain_decision
+
+        s = factory_settings()
+        d = retrain_decision(s, LineageStore.from_settings(s), s.retrain_dataset, s.retrain_config)
+        print(f"retrain: {d['reason']}")
+        return d if d["train"] else False
+
+    @task(pool="gpu", queue=os.environ.get("GEN_GPU_QUEUE", "default"), retries=1)
+    def train(decision: dict) -> dict:
+        from gen_airflow import factory_settings
+
+        from gen_engine.lineage import LineageStore
+        from gen_engine.orchestration import train_candidate
+        from gen_engine.storage import Storage
+
+        s = factory_settings()
+        return train_candidate(s, Storage.from_settings(s), LineageStore.from_settings(s), decision,
+                               device=s.retrain_device) | {"decision": decision}
+
+    @task
+    def evaluate(candidate: dict) -> dict:
+        from gen_airflow import factory_settings
+
+        from gen_engine.lineage import LineageStore
+        from gen_engine.orchestration import evaluate_candidates
+        from gen_engine.storage import Storage
+
+        s = factory_settings()
+        return evaluate_candidates(s, Storage.from_settings(s), LineageStore.from_settings(s), candidate["model_id"],
+                                   candidate["decision"])
+
+    @task.short_circuit
+    def gate(metrics: dict) -> dict | bool:
+        from gen_airflow import factory_settings
+
+        from gen_engine.orchestration import gate as decide_gate
+
+        promote, reason = decide_gate(metrics["challenger"], metrics["champion"], factory_settings())
+        print(reason)
+        return metrics["challenger"] if promote else False
+
+    @task(outlets=[PRODUCTION_MODEL])
+    def promote(challenger: dict) -> dict:
+        from gen_airflow import factory_settings
+
+        from gen_engine.lineage import LineageStore
+        from gen_engine.orchestration import promote as do_promote
+        from gen_engine.storage import Storage
+
+        s = factory_settings()
+        return do_promote(s, Storage.from_settings(s), LineageStore.from_settings(s), challenger["model_id"])
+
+    promote(gate(evaluate(train(decide()))))
+
+
+generator_retrain()

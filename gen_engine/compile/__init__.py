@@ -1,0 +1,1 @@
+"""Compilation of a trained generator for fast inference: ONNX export, parity checks, TensorRT engines."""

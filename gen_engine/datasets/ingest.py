@@ -1,0 +1,371 @@
+"""Dataset ingest: a raw drop in; a validated, versioned, curated dataset out. Nothing is lost.
+
+    genengine dataset ingest s3://datasets/raw/shapes/drop1.zip --name shapes
+
+1. Read the drop (imagefolder zip/tar/folder or WebDataset tar; see `readers`), streamed.
+2. Check every record (image decodes fully, allowed format, size bounds, decompression-bomb guard,
+   bytes; caption UTF-8, non-empty, <= 1,000 characters, no control characters). Rejected records
+   go to the quarantine with their reason and original bytes. Exact duplicate images (sha256) are
+   merged, keeping every distinct caption.
+3. Validate with the Great Expectations suites in ``validation/suites`` (records, then the drop:
+   at least N records, rejected fraction <= 20% by default). A failing drop raises `DropRejected`
+   with its report; nothing is published.
+4. Publish ``datasets/curated/<name>/v<N>/``: parquet shards (PNG bytes centre-cropped and resized
+   to the training size, caption, MiniLM embedding, content hash, split), ``card.json``,
+   ``sample_grid.png`` and the validation report. The version id is a content hash of the accepted
+   records and the curation config: ingesting the same drop again is a no-op.
+
+Accounting always balances: records in = accepted + rejected + merged duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import tempfile
+import time
+import unicodedata
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from gen_engine.config import Settings
+from gen_engine.datasets.readers import RawRecord, RawReject, read_drop
+from gen_engine.lineage import LineageStore
+from gen_engine.render.csvin import slugify
+from gen_engine.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CurationConfig:
+    """What a curated version is made with; part of its version hash."""
+
+    size: int = 64  # side of the stored training images (the largest training resolution)
+    min_side: int = 32
+    max_pixels: int = 40_000_000  # decompression-bomb guard, checked from the header before decoding
+    max_bytes: int = 20 * 1024 * 1024
+    max_caption: int = 1000
+    formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP")
+    val_percent: int = 5
+    min_records: int = 1
+    max_rejected_fraction: float = 0.2
+    shard_records: int = 5000
+
+
+class DropRejected(RuntimeError):
+    """The drop failed its drop-level expectations; ``report`` says which and by how much."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class IngestResult:
+    dataset: str
+    version: int
+    version_id: str
+    uri: str
+    records_in: int
+    accepted: int
+    rejected: int
+    duplicates_merged: int
+    created: bool  # False: this exact content was already a version (re-ingest no-op)
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# --- record checks ------------------------------------------------------------------------------------
+def check_caption(raw: bytes | str | None, max_len: int) -> str:
+    if raw is None:
+        raise ValueError("no caption")
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"caption is not valid UTF-8 (byte 0x{raw[e.start]:02x} at {e.start}); "
+                             "re-save the captions as UTF-8") from None
+    text = " ".join(str(raw).split())  # line breaks and tabs in a caption become single spaces
+    if not text:
+        raise ValueError("caption is empty")
+    if len(text) > max_len:
+        raise ValueError(f"caption is {len(text)} characters long; the limit is {max_len}")
+    bad = next((c for c in text if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise ValueError(f"caption contains a control character (U+{ord(bad):04X})")
+    return text
+
+
+def check_image(data: bytes | None, cfg: CurationConfig) -> tuple[Image.Image, str]:
+    """The fully decoded image and its format, or ValueError with the reason."""
+    if data is None:
+        raise ValueError("the referenced image file is missing from the drop")
+    if len(data) > cfg.max_bytes:
+        raise ValueError(f"image is {len(data)} bytes; the limit is {cfg.max_bytes}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ValueError("image header declares too many pixels (decompression-bomb guard)") from None
+        except Exception:  # Pillow raises several types for non-images
+            raise ValueError("not a decodable image (is it really a PNG/JPEG/WebP file?)") from None
+    w, h = img.size
+    if w * h > cfg.max_pixels:
+        raise ValueError(f"image is {w}x{h} = {w * h} pixels; the limit is {cfg.max_pixels} "
+                         "(decompression-bomb guard)")
+    if img.format not in cfg.formats:
+        raise ValueError(f"image format {img.format} is not accepted; use {', '.join(cfg.formats)}")
+    if min(w, h) < cfg.min_side:
+        raise ValueError(f"image is {w}x{h}; the smaller side must be at least {cfg.min_side} pixels")
+    try:
+        img.load()  # full decode: truncated files fail here
+    except Exception as e:
+        raise ValueError(f"image does not decode fully ({str(e)[:80]}); the file is truncated or corrupt") from None
+    return img, img.format or "?"
+
+
+def curate_image(img: Image.Image, size: int) -> bytes:
+    """RGB, centre-cropped to a square, resized (Lanczos) to size x size, as PNG."""
+    if img.mode in ("RGBA", "LA", "P"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, (255, 255, 255))
+        bg.paste(rgba, mask=rgba.split()[-1])
+        img = bg
+    else:
+        img = img.convert("RGB")
+    w, h = img.size
+    s = min(w, h)
+    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    buf = io.BytesIO()
+    img.resize((size, size), Image.Resampling.LANCZOS).save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+# --- the ingest -------------------------------------------------------------------------------------------
+def _fetch(source: str, store: Storage, tmp: Path) -> tuple[Path, str]:
+    if source.startswith("s3://"):
+        bucket, _, key = source.removeprefix("s3://").partition("/")
+        return store.get_file(bucket, key, tmp / Path(key).name), f"{bucket}/{key}"
+    p = Path(source)
+    if not p.exists():
+        raise FileNotFoundError(f"no dataset drop at {source}: give a zip, a tar, a folder, or s3://bucket/key")
+    return p, str(p.resolve())
+
+
+def ingest(source: str, name: str, settings: Settings, store: Storage, lineage: LineageStore,
+           cfg: CurationConfig = CurationConfig()) -> IngestResult:
+    """Validate and publish one drop (see the module docstring). Raises DropRejected or DropError."""
+    from gen_engine.validation import run_suite
+
+    t0 = time.monotonic()
+    dataset = slugify(name)
+    if not dataset:
+        raise ValueError(f"dataset name '{name}' has no usable characters")
+    bucket = settings.bucket_datasets
+    with tempfile.TemporaryDirectory() as td:
+        path, source_key = _fetch(source, store, Path(td))
+        fmt, items = read_drop(path)
+        drop_id = hashlib.sha256(source_key.encode()).hexdigest()[:12]
+        quarantine = f"quarantine/{dataset}/{drop_id}/"
+        # Curated image bytes go to a scratch file; memory holds ~100 bytes per image, whatever the drop size.
+        scratch = open(Path(td) / "images.bin", "w+b")  # noqa: SIM115
+        images: dict[str, dict[str, Any]] = {}  # content hash -> offset, length, size, captions
+        rejected: list[dict[str, Any]] = []
+        records_in = duplicates = 0
+        for item in items:
+            records_in += 1
+            if isinstance(item, RawReject):
+                rejected.append(_quarantine(store, bucket, quarantine, len(rejected), item.source, item.reason,
+                                            item.data))
+                continue
+            try:
+                caption = check_caption(item.caption_raw, cfg.max_caption)
+                sha = hashlib.sha256(item.image or b"").hexdigest()
+                if sha in images:
+                    entry = images[sha]
+                    if caption in entry["captions"]:
+                        duplicates += 1  # the same image and caption again: merged, nothing new
+                    else:
+                        entry["captions"].append(caption)
+                        entry["extra"].append(_jsonable(item.extra))
+                    continue
+                img, img_format = check_image(item.image, cfg)
+            except ValueError as e:
+                rejected.append(_quarantine(store, bucket, quarantine, len(rejected), item.source, str(e),
+                                            item.image or _raw_bytes(item)))
+                continue
+            png = curate_image(img, cfg.size)
+            scratch.write(png)
+            images[sha] = {"offset": scratch.tell() - len(png), "length": len(png), "width": img.width,
+                           "height": img.height, "mode": img.mode, "format": img_format, "source": item.source,
+                           "captions": [caption], "extra": [_jsonable(item.extra)]}
+        accepted = sum(len(e["captions"]) for e in images.values())
+        assert records_in == accepted + len(rejected) + duplicates, (records_in, accepted, len(rejected), duplicates)
+        by_reason = Counter(_reason_kind(r["reason"]) for r in rejected)
+        if rejected:
+            store.put_bytes(bucket, quarantine + "rejected.jsonl",
+                            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected).encode(),
+                            content_type="application/x-ndjson")
+
+        # Validation: the records, then the drop as a whole.
+        import polars as pl
+
+        table = pl.DataFrame([{"content_hash": sha, "caption": c, "caption_chars": len(c), "width": e["width"],
+                               "height": e["height"], "mode": e["mode"], "format": e["format"]}
+                              for sha, e in images.items() for c in e["captions"]],
+                             schema={"content_hash": pl.Utf8, "caption": pl.Utf8, "caption_chars": pl.Int64,
+                                     "width": pl.Int64, "height": pl.Int64, "mode": pl.Utf8, "format": pl.Utf8})
+        frac = len(rejected) / max(records_in - duplicates, 1)
+        drop_table = pl.DataFrame({"accepted_records": [accepted], "rejected_fraction": [frac]})
+        drop_report = run_suite(drop_table, "dataset_drop", overrides={
+            "accepted_records": {"min_value": cfg.min_records},
+            "rejected_fraction": {"max_value": cfg.max_rejected_fraction}})
+        records_report = run_suite(table, "dataset_records") if accepted else {"success": False, "skipped": True}
+        report = {"dataset": dataset, "source": source_key, "format": fmt, "records_in": records_in,
+                  "accepted": accepted, "rejected": len(rejected), "duplicates_merged": duplicates,
+                  "rejected_fraction": frac, "rejected_by_reason": dict(by_reason),
+                  "drop_validation": drop_report, "records_validation": records_report}
+        if not drop_report["success"]:
+            store.put_bytes(bucket, quarantine + "report.json", json.dumps(report, indent=1, default=str).encode(),
+                            content_type="application/json")
+            raise DropRejected(
+                f"drop {source_key} rejected: {accepted} records accepted, {len(rejected)} rejected "
+                f"({frac:.0%}; the limit is {cfg.max_rejected_fraction:.0%}, at least {cfg.min_records} needed). "
+                f"Reasons: {dict(by_reason)}. Report and rejected records: s3://{bucket}/{quarantine}", report)
+
+        # Version: content of the accepted records + the curation config.
+        h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
+        for sha in sorted(images):
+            h.update(sha.encode() + b"\0" + "\0".join(sorted(images[sha]["captions"])).encode() + b"\n")
+        version_id = f"{dataset}-{h.hexdigest()[:16]}"
+        existing = lineage._one("SELECT * FROM dataset_versions WHERE version_id = :v", v=version_id)
+        if existing:
+            log.info("drop %s is already %s v%d: nothing to do", source_key, dataset, existing["version"])
+            return IngestResult(dataset, existing["version"], version_id, existing["uri"], records_in, accepted,
+                                len(rejected), duplicates, False, dict(by_reason), time.monotonic() - t0)
+        latest = lineage.dataset_version(dataset)
+        n = (latest["version"] + 1) if latest else 1
+        prefix = f"curated/{dataset}/v{n}/"
+        card = _publish(store, bucket, prefix, scratch, images, cfg, report, version_id)
+        scratch.close()
+        version = lineage.record_dataset_version(dataset, version_id, uri=f"s3://{bucket}/{prefix}",
+                                                 n_records=accepted, n_rejected=len(rejected), config=asdict(cfg),
+                                                 card=card)
+        assert version == n, (version, n)
+    log.info("ingested %s as %s v%d: %d accepted, %d rejected, %d duplicates merged in %.1fs", source_key, dataset,
+             n, accepted, len(rejected), duplicates, time.monotonic() - t0)
+    return IngestResult(dataset, n, version_id, f"s3://{bucket}/{prefix}", records_in, accepted, len(rejected),
+                        duplicates, True, dict(by_reason), time.monotonic() - t0)
+
+
+def _publish(store: Storage, bucket: str, prefix: str, scratch: Any, images: dict[str, dict[str, Any]],
+             cfg: CurationConfig, report: dict[str, Any], version_id: str) -> dict[str, Any]:
+    """Parquet shards with embeddings, the card, the sample grid and the validation report."""
+    import polars as pl
+
+    from gen_engine.text import shared_encoder
+
+    encoder = shared_encoder()
+    rows_written, shard, buf_rows = 0, 0, []
+    splits: Counter[str] = Counter()
+
+    def flush() -> None:
+        nonlocal shard, buf_rows
+        emb = encoder.encode([r["caption"] for r in buf_rows])
+        df = pl.DataFrame({
+            "image": [r["image"] for r in buf_rows], "caption": [r["caption"] for r in buf_rows],
+            "embedding": [e.tolist() for e in emb], "content_hash": [r["content_hash"] for r in buf_rows],
+            "split": [r["split"] for r in buf_rows], "width": [r["width"] for r in buf_rows],
+            "height": [r["height"] for r in buf_rows], "extra": [r["extra"] for r in buf_rows]},
+            schema={"image": pl.Binary, "caption": pl.Utf8, "embedding": pl.Array(pl.Float32, emb.shape[1]),
+                    "content_hash": pl.Utf8, "split": pl.Utf8, "width": pl.Int64, "height": pl.Int64,
+                    "extra": pl.Utf8})
+        out = io.BytesIO()
+        df.write_parquet(out, compression="zstd")
+        store.put_bytes(bucket, f"{prefix}part-{shard:05d}.parquet", out.getvalue(),
+                        content_type="application/vnd.apache.parquet")
+        shard, buf_rows = shard + 1, []
+
+    grid: list[tuple[bytes, str]] = []
+    for sha in sorted(images):
+        e = images[sha]
+        scratch.seek(e["offset"])
+        png = scratch.read(e["length"])
+        split = "val" if int(sha[:8], 16) % 100 < cfg.val_percent else "train"
+        for caption, extra in zip(e["captions"], e["extra"], strict=True):
+            buf_rows.append({"image": png, "caption": caption, "content_hash": sha, "split": split,
+                             "width": e["width"], "height": e["height"], "extra": json.dumps(extra)})
+            splits[split] += 1
+            rows_written += 1
+            if len(grid) < 48:
+                grid.append((png, caption))
+            if len(buf_rows) >= cfg.shard_records:
+                flush()
+    if buf_rows:
+        flush()
+    caption_lengths = [len(c) for e in images.values() for c in e["captions"]]
+    sides = [min(e["width"], e["height"]) for e in images.values()]
+    card = {
+        "version_id": version_id, "records": rows_written, "images": len(images), "shards": shard,
+        "splits": dict(splits), "rejected": report["rejected"], "rejected_by_reason": report["rejected_by_reason"],
+        "duplicates_merged": report["duplicates_merged"], "source": report["source"], "format": report["format"],
+        "curation": asdict(cfg), "caption_length_histogram": _histogram(caption_lengths, [0, 20, 40, 60, 80, 120, 200,
+                                                                                            500, 1001]),
+        "image_min_side_histogram": _histogram(sides, [0, 64, 128, 256, 512, 1024, 4096, 10**6]),
+        "columns": ["image (PNG bytes)", "caption", "embedding (384 x float32, all-MiniLM-L6-v2)", "content_hash",
+                    "split", "width", "height", "extra (JSON)"],
+    }
+    store.put_bytes(bucket, prefix + "card.json", json.dumps(card, indent=1).encode(), content_type="application/json")
+    store.put_bytes(bucket, prefix + "validation.json", json.dumps(report, indent=1, default=str).encode(),
+                    content_type="application/json")
+    from gen_engine.render.gallery import contact_sheet
+
+    store.put_bytes(bucket, prefix + "sample_grid.png",
+                    contact_sheet([(png, f"#{i}", cap) for i, (png, cap) in enumerate(grid)], cols=8, tile=96),
+                    content_type="image/png")
+    return card
+
+
+def _histogram(values: list[int], edges: list[int]) -> dict[str, int]:
+    counts, _ = np.histogram(values, bins=edges) if values else (np.zeros(len(edges) - 1, int), None)
+    return {f"{lo}-{hi - 1}": int(c) for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True)}
+
+
+def _quarantine(store: Storage, bucket: str, prefix: str, i: int, source: str, reason: str,
+                data: bytes) -> dict[str, Any]:
+    """Keep a rejected record's original bytes (under a sanitised name) and return its reject row."""
+    key = None
+    if data:
+        key = f"{prefix}originals/{i:06d}-{slugify(source.rsplit('/', 1)[-1]) or 'member'}"
+        store.put_bytes(bucket, key, data)
+    return {"source": source, "reason": reason, "original": key}
+
+
+def _raw_bytes(item: RawRecord) -> bytes:
+    cap = item.caption_raw
+    return cap if isinstance(cap, bytes) else (str(cap).encode() if cap is not None else b"")
+
+
+def _jsonable(extra: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(extra, default=str))
+
+
+def _reason_kind(reason: str) -> str:
+    """Group reasons for the card: the text before the first detail."""
+    for key in ("zip slip", "absolute path", "link", "device", "not valid UTF-8", "caption is empty", "no caption",
+                "characters long", "control character", "missing", "not in the drop", "too many pixels",
+                "decompression-bomb", "not a decodable image", "truncated", "smaller side", "format", "bytes;",
+                "no image", "no caption", "JSON"):
+        if key in reason:
+            return key
+    return reason[:40]
