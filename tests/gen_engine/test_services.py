@@ -63,6 +63,8 @@ def test_airflow_home_is_prepared_idempotently(tmp_path: Path, monkeypatch: pyte
     from gen_engine.services import init_airflow_home
 
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    for var in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__CORE__PLUGINS_FOLDER"):
+        monkeypatch.delenv(var, raising=False)  # set process-wide by the DAG tests' harness; they would win
     settings = Settings(local_dir=tmp_path, s3_access_key="ak-test", s3_secret_key="sk-test", airflow_gpu_pool_slots=2)
     home = init_airflow_home(settings)
     init_airflow_home(settings)

@@ -39,8 +39,9 @@ a circle,1,99,toomany,,png,web
 
 @pytest.fixture(scope="module")
 def model_id(s3_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """An untrained 16 px generator, published like a real one (rendering does not need a good model)."""
-    torch.manual_seed(0)
+    """An untrained 16 px generator, published like a real one (rendering does not need a good model).
+    Its own seed: identical weights elsewhere would share its model id (ids are content hashes)."""
+    torch.manual_seed(11)
     d = save_model(tmp_path_factory.mktemp("model") / "model", Generator(GANConfig(resolution=16, nf=8)),
                    {"name": "generator", "code_version": "test"})
     store, lineage = Storage.from_settings(s3_settings), LineageStore.from_settings(s3_settings)
