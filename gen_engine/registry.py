@@ -89,7 +89,7 @@ def publish_compiled(model_dir: Path, row: dict[str, Any], report: dict[str, Any
     engines.append("onnxruntime")
     trt = report.get("tensorrt", {})
     if trt.get("built"):  # pragma: no cover (GPU hosts only)
-        from gen_engine.compile.onnx_export import sha256_file
+        from gen_engine.hashing import sha256_file
 
         plan = Path(model_dir) / trt["file"]
         lineage.register_engine(f"{row['model_id']}-trt-{sha256_file(plan)[:12]}", row["model_id"],

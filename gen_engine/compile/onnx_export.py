@@ -10,7 +10,6 @@ pairs rendered by torch fp32 and by ONNX Runtime must agree within 1e-4 (max abs
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gen_engine.hashing import sha256_file
 from gen_engine.training.checkpoint import load_generator
 
 OPSET = 17
@@ -30,14 +30,6 @@ PARITY_PROMPTS = (
     "a cyan square on the left",
 )
 PARITY_TOL = 1e-4
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_onnx(model_dir: Path, out: Path) -> Path:

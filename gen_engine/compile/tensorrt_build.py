@@ -26,7 +26,7 @@ def engine_key(onnx_sha256: str) -> dict[str, Any] | None:
 
 
 def build_if_available(model_dir: Path, onnx_path: Path) -> dict[str, Any]:
-    from gen_engine.compile.onnx_export import sha256_file
+    from gen_engine.hashing import sha256_file
 
     key = engine_key(sha256_file(onnx_path))
     if key is None:

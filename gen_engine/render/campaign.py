@@ -34,9 +34,10 @@ import numpy as np
 from PIL import Image
 
 from gen_engine.config import Settings
+from gen_engine.hashing import sha256_file
 from gen_engine.lineage import LineageStore
 from gen_engine.render import imagemeta
-from gen_engine.render.csvin import PromptCsv, Rejection, RowRules, RowSpec, sha256_file, slugify
+from gen_engine.render.csvin import PromptCsv, Rejection, RowRules, RowSpec, slugify
 from gen_engine.storage import ObjectNotFound, Storage
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import hashlib
 import io
 import math
 import re
@@ -275,14 +274,6 @@ class PromptCsv:
             raise CsvError(f"{self.name}: no 'prompt' column in the header (found: {found}). The first row must name "
                            "the columns, e.g. prompt,seed,count,asset_name")
         return header
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def neutralise_cell(value: object) -> str:

@@ -106,8 +106,8 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, model_dir: Path) -> None:
-        from gen_engine.compile.onnx_export import sha256_file
         from gen_engine.compile.tensorrt_build import engine_key
+        from gen_engine.hashing import sha256_file
 
         plan, key_file, onnx_file = (Path(model_dir) / f for f in ("generator.plan", "generator.plan.json",
                                                                    "generator.onnx"))

@@ -254,3 +254,32 @@ def test_resume_after_the_s3_server_stopped_mid_shard(tmp_path, model_id: str, s
         assert 40 <= summary["images_reused"] < 128
     finally:
         server.stop()
+
+
+def test_lineage_command_from_database_and_from_the_png_alone(storage: Storage, s3_settings: Settings,
+                                                              model_id: str, tmp_path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from gen_engine.cli import app
+
+    src = put_csv(storage, "trace.csv", "prompt,seed,asset_name\na traced circle,77,traced\n")
+    summary = camp.run_campaign(src, "trace", s3_settings, model_ref=model_id, progress=False)
+    key = summary["prefix"] + "images/traced_0.png"
+    for k, v in {"GEN_S3_ENDPOINT": s3_settings.s3_address, "GEN_LOCAL_DIR": str(s3_settings.local_dir),
+                 "GEN_S3_ACCESS_KEY": s3_settings.s3_access_key.get_secret_value(),
+                 "GEN_S3_SECRET_KEY": s3_settings.s3_secret_key.get_secret_value()}.items():
+        monkeypatch.setenv(k, v)
+    res = CliRunner().invoke(app, ["lineage", f"renders/{key}"])
+    assert res.exit_code == 0, res.output
+    t = json.loads(res.output)
+    assert t["source"] == "lineage store" and t["seed"] == 77 and t["csv_key"] == "campaigns/claimed/trace.csv"
+    assert t["model_id"] == model_id and t["dataset"] == "shapes" and t["code_version"] == "test"
+    png = tmp_path / "traced.png"
+    png.write_bytes(storage.get_bytes("renders", key))
+    monkeypatch.setenv("GEN_LINEAGE_DB_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")  # unreachable
+    res = CliRunner().invoke(app, ["lineage", str(png)])
+    assert res.exit_code == 0, res.output
+    t = json.loads(res.output)
+    assert t["source"] == "embedded image metadata" and t["lineage"]["seed"] == 77
+    assert t["lineage"]["csv_sha256"] == summary["csv_sha256"] and t["parameters"].startswith("a traced circle")
