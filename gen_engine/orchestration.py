@@ -245,6 +245,8 @@ def finalize_campaign(settings: Settings, plan_key: str, results: list[dict[str,
 
 def fail_campaign(settings: Settings, csv_key: str, reason: str) -> str | None:
     """Move the CSV to failed/ unless it was already moved (by the step that knew the reason)."""
+    if not csv_key:
+        return None  # a manual run with an empty form: there is no file to move
     store = Storage.from_settings(settings)
     csv_key = csv_key.removeprefix(f"{settings.bucket_campaigns}/")
     if not store.exists(settings.bucket_campaigns, csv_key):
