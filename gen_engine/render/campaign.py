@@ -36,6 +36,7 @@ from PIL import Image
 from gen_engine.config import Settings
 from gen_engine.hashing import sha256_file
 from gen_engine.lineage import LineageStore
+from gen_engine.models.noise import seed_noise
 from gen_engine.render import imagemeta
 from gen_engine.render.csvin import PromptCsv, Rejection, RowRules, RowSpec, slugify
 from gen_engine.storage import ObjectNotFound, Storage
@@ -284,7 +285,7 @@ def render_shard(plan: Plan, index: int, settings: Settings, store: Storage, env
         futures = []
         for b in range(0, len(todo), env.batch_size):
             batch = todo[b : b + env.batch_size]
-            z = np.stack([_noise(params["Seed"], env.backend.z_dim, spec.variety) for spec, _, params, _ in batch])
+            z = np.stack([seed_noise(params["Seed"], env.backend.z_dim, spec.variety) for spec, _, params, _ in batch])
             text = np.stack([emb[spec.prompt] for spec, *_ in batch])
             ti = time.monotonic()
             imgs = env.backend.render(z, text)
@@ -309,12 +310,6 @@ def render_shard(plan: Plan, index: int, settings: Settings, store: Storage, env
     log.info("shard %d done: %d rendered, %d reused in %.1fs (inference %.1fs)", index, len(todo), reused, dt, t_infer)
     return {"shard": index, "rendered": len(todo), "reused": reused, "seconds": dt, "inference_seconds": t_infer,
             "backpressure_seconds": t_wait, "backend": env.backend.name}
-
-
-def _noise(seed: int, z_dim: int, variety: float) -> np.ndarray:
-    from gen_engine.training.loop import seed_noise
-
-    return seed_noise(seed, z_dim, variety)
 
 
 def _output_row(spec: RowSpec, k: int, key: str, params: dict[str, Any], sha: str, nbytes: int) -> dict[str, Any]:

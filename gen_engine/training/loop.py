@@ -27,6 +27,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from gen_engine.models.gan import Discriminator, GANConfig, Generator
+from gen_engine.models.noise import seed_noise
 from gen_engine.training.augment import diff_augment
 from gen_engine.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model
 
@@ -332,14 +333,6 @@ class Trainer:
         meta = {"name": self.cfg.name, "train_config": self.cfg.model_dump(), "steps": self.step,
                 "dataset_version": self.data.version, "code_version": code_version(), **(extra or {})}
         return save_model(self.run_dir / "model", self.g_ema, meta)
-
-
-def seed_noise(seed: int, z_dim: int, variety: float = 1.0) -> np.ndarray:
-    """z for one image: numpy PCG64 seeded by the image seed (the rendering contract), truncated."""
-    z = np.random.Generator(np.random.PCG64(seed)).standard_normal(z_dim).astype(np.float32)
-    if variety < 1.0:
-        z = np.clip(z, -2.0, 2.0) * variety  # truncation: lower variety -> closer to the mean image
-    return z
 
 
 def to_uint8(imgs: torch.Tensor) -> np.ndarray:
