@@ -9,11 +9,12 @@
    merged, keeping every distinct caption.
 3. Validate with the Great Expectations suites in ``validation/suites`` (records, then the drop:
    at least N records, rejected fraction <= 20% by default). A failing drop raises `DropRejected`
-   with its report; nothing is published.
+   with its report and GX Data Docs in the quarantine; nothing is published.
 4. Publish ``datasets/curated/<name>/v<N>/``: parquet shards (PNG bytes centre-cropped and resized
    to the training size, caption, MiniLM embedding, content hash, split), ``card.json``,
-   ``sample_grid.png`` and the validation report. The version id is a content hash of the accepted
-   records and the curation config: ingesting the same drop again is a no-op.
+   ``sample_grid.png``, the validation report and GX Data Docs (``data_docs/index.html``). The
+   version id is a content hash of the accepted records and the curation config: ingesting the same
+   drop again is a no-op.
 
 Accounting always balances: records in = accepted + rejected + merged duplicates.
 """
@@ -165,7 +166,7 @@ def _fetch(source: str, store: Storage, tmp: Path) -> tuple[Path, str]:
 def ingest(source: str, name: str, settings: Settings, store: Storage, lineage: LineageStore,
            cfg: CurationConfig = CurationConfig()) -> IngestResult:
     """Validate and publish one drop (see the module docstring). Raises DropRejected or DropError."""
-    from gen_engine.validation import run_suite
+    from gen_engine.validation import SuiteRunner, upload_docs
 
     t0 = time.monotonic()
     dataset = slugify(name)
@@ -227,15 +228,18 @@ def ingest(source: str, name: str, settings: Settings, store: Storage, lineage: 
                                      "width": pl.Int64, "height": pl.Int64, "mode": pl.Utf8, "format": pl.Utf8})
         frac = len(rejected) / max(records_in - duplicates, 1)
         drop_table = pl.DataFrame({"accepted_records": [accepted], "rejected_fraction": [frac]})
-        drop_report = run_suite(drop_table, "dataset_drop", overrides={
+        docs = Path(td) / "data_docs"  # GX Data Docs for both suites, uploaded beside the version or the report
+        suites = SuiteRunner(docs)
+        drop_report = suites.run(drop_table, "dataset_drop", overrides={
             "accepted_records": {"min_value": cfg.min_records},
             "rejected_fraction": {"max_value": cfg.max_rejected_fraction}})
-        records_report = run_suite(table, "dataset_records") if accepted else {"success": False, "skipped": True}
+        records_report = suites.run(table, "dataset_records") if accepted else {"success": False, "skipped": True}
         report = {"dataset": dataset, "source": source_key, "format": fmt, "records_in": records_in,
                   "accepted": accepted, "rejected": len(rejected), "duplicates_merged": duplicates,
                   "rejected_fraction": frac, "rejected_by_reason": dict(by_reason),
                   "drop_validation": drop_report, "records_validation": records_report}
         if not drop_report["success"]:
+            report["data_docs"] = f"s3://{bucket}/{upload_docs(store, bucket, quarantine + 'data_docs/', docs)}"
             store.put_bytes(bucket, quarantine + "report.json", json.dumps(report, indent=1, default=str).encode(),
                             content_type="application/json")
             raise DropRejected(
@@ -256,7 +260,9 @@ def ingest(source: str, name: str, settings: Settings, store: Storage, lineage: 
         latest = lineage.dataset_version(dataset)
         n = (latest["version"] + 1) if latest else 1
         prefix = f"curated/{dataset}/v{n}/"
+        report["data_docs"] = f"s3://{bucket}/{prefix}data_docs/index.html"
         card = _publish(store, bucket, prefix, scratch, images, cfg, report, version_id)
+        upload_docs(store, bucket, prefix + "data_docs/", docs)
         scratch.close()
         version = lineage.record_dataset_version(dataset, version_id, uri=f"s3://{bucket}/{prefix}",
                                                  n_records=accepted, n_rejected=len(rejected), config=asdict(cfg),
@@ -319,6 +325,7 @@ def _publish(store: Storage, bucket: str, prefix: str, scratch: Any, images: dic
         "version_id": version_id, "records": rows_written, "images": len(images), "shards": shard,
         "splits": dict(splits), "rejected": report["rejected"], "rejected_by_reason": report["rejected_by_reason"],
         "duplicates_merged": report["duplicates_merged"], "source": report["source"], "format": report["format"],
+        "data_docs": report["data_docs"],
         "curation": asdict(cfg), "caption_length_histogram": _histogram(caption_lengths, [0, 20, 40, 60, 80, 120, 200,
                                                                                             500, 1001]),
         "image_min_side_histogram": _histogram(sides, [0, 64, 128, 256, 512, 1024, 4096, 10**6]),

@@ -93,6 +93,14 @@ def test_imagefolder_zip_with_duplicates_and_several_captions(env, tmp_path: Pat
     assert sum(card["caption_length_histogram"].values()) == 22
     report = json.loads(store.get_bytes(settings.bucket_datasets, prefix + "validation.json"))
     assert report["records_validation"]["success"] and report["drop_validation"]["success"]
+    # GX Data Docs beside the version: an index linking both suites' validation pages.
+    assert card["data_docs"] == f"s3://{settings.bucket_datasets}/{prefix}data_docs/index.html"
+    index = store.get_bytes(settings.bucket_datasets, prefix + "data_docs/index.html").decode()
+    assert "dataset_records" in index and "dataset_drop" in index
+    pages = [k for k in keys if k.startswith("data_docs/validations/") and k.endswith(".html")]
+    assert len(pages) == 2, pages
+    index_info = store.client.stat_object(settings.bucket_datasets, prefix + "data_docs/index.html")
+    assert index_info.content_type == "text/html"
     # Re-ingest: a no-op reporting the same version.
     again = run(env, path, "zipped shapes", CurationConfig(size=32))
     assert not again.created and again.version == r.version and again.version_id == r.version_id
@@ -171,6 +179,13 @@ def test_hostile_drop_fails_as_a_whole_with_the_default_limit(env, tmp_path: Pat
     assert e.value.report["accepted"] == 4 and not e.value.report["drop_validation"]["success"]
     settings, store, lineage = env
     assert lineage.dataset_version("hostile-default") is None  # nothing published
+    # The failed drop's report and its Data Docs (showing the failing expectation) are in the quarantine.
+    docs = e.value.report["data_docs"].removeprefix(f"s3://{settings.bucket_datasets}/")
+    assert docs.startswith("quarantine/hostile-default/") and docs.endswith("data_docs/index.html")
+    page = next(k for k in store.iter_keys(settings.bucket_datasets, docs.removesuffix("index.html") + "validations/")
+                if k.endswith(".html"))
+    html = store.get_bytes(settings.bucket_datasets, page).decode()
+    assert "rejected_fraction" in html and "Failed" in html
 
 
 def test_tar_symlink_and_cp1252_caption(env, tmp_path: Path) -> None:
