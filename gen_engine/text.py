@@ -50,22 +50,35 @@ class TextEncoder:
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """(N, 384) float32, unit norm; identical texts are encoded once."""
+    def encode(self, texts: Sequence[str], *, cache: bool = True) -> np.ndarray:
+        """(N, 384) float32, unit norm; identical texts are encoded once.
+
+        ``cache=False`` for one-pass streams (dataset ingest): the texts are not kept, so memory stays
+        flat however many records pass through.
+        """
+        if not cache:
+            unique = list(dict.fromkeys(texts))
+            vecs = self._encode(unique) if unique else np.zeros((0, EMBED_DIM), np.float32)
+            index = {t: i for i, t in enumerate(unique)}
+            return vecs[[index[t] for t in texts]] if texts else vecs
         keys = [prompt_key(t) for t in texts]
         with self._lock:
             missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in self._cache}
         if missing:
-            vecs = self.model.encode(list(missing.values()), batch_size=self.batch_size,
-                                     normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+            vecs = self._encode(list(missing.values()))
             with self._lock:
                 for k, v in zip(missing, vecs, strict=True):
-                    self._cache[k] = v.astype(np.float32)
+                    self._cache[k] = v
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
         with self._lock:
             out = np.stack([self._cache[k] for k in keys]) if keys else np.zeros((0, EMBED_DIM), np.float32)
         return out
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        vecs = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False)
+        return np.ascontiguousarray(vecs, dtype=np.float32)
 
 
 _shared: TextEncoder | None = None
