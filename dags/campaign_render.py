@@ -23,8 +23,10 @@ PARAMS = {
 }
 
 
+# Active from the start: it has no schedule of its own, and a triggered run of a paused DAG waits forever.
 @dag(schedule=None, start_date=START, catchup=False, max_active_runs=4, tags=["campaigns", "gen-engine"],
-     default_args=DEFAULT_ARGS, params=PARAMS, doc_md=__doc__, render_template_as_native_obj=True)
+     default_args=DEFAULT_ARGS, params=PARAMS, doc_md=__doc__, render_template_as_native_obj=True,
+     is_paused_upon_creation=False)
 def campaign_render():
     @task(retries=1)
     def validate_and_plan(params: dict) -> dict:

@@ -240,7 +240,8 @@ def evaluate(
     model: str = typer.Option("production", help="Alias, model id, or a local model folder."),
     data: str = typer.Option(..., help="Training data (curated name[@vN] or imagefolder); the encoder trains on it."),
     heldout: str | None = typer.Option(None, help="Held-out data; default: the curated version's val split."),
-    out: Path = typer.Option(Path("metrics.jsonl"), help="JSONL file the metrics are appended to."),
+    out: Path | None = typer.Option(None, help="JSONL file the metrics are appended to; default: metrics.jsonl "
+                                                "in the training run folder of a local model, else here."),
 ) -> None:
     """Frechet distance, R-precision, cosine (and colour/shape accuracy on synthetic shapes) on held-out data."""
     from gen_engine import registry
@@ -263,8 +264,13 @@ def evaluate(
     train_data = load(data)
     held = load(heldout) if heldout else load(data, split="val")
     metrics = evaluate_model(model_dir, train_data, held, s.local_dir / "cache" / "eval")
-    append_metrics(out, 0, {"model_id": row["model_id"], "data": data, **metrics})
+    if out is None:  # a trainer's export is <run>/model; the run folder holds config.json and the grids
+        run_dir = model_dir.parent if (model_dir.parent / "config.json").exists() else None
+        out = (run_dir or Path.cwd()) / "metrics.jsonl"
+    steps = json.loads((model_dir / "model.json").read_text()).get("steps", 0)
+    append_metrics(out, steps, {"model_id": row["model_id"], "data": data, **metrics})
     console.print(json.dumps(metrics, indent=1))
+    console.print(f"appended to {out}")
 
 
 @app.command()
@@ -309,7 +315,7 @@ def compile_cmd(model: str = typer.Option("production", help="Alias or model id 
     s = get_settings()
     store, lineage = Storage.from_settings(s), LineageStore.from_settings(s)
     model_dir, row = registry.resolve(model, s, store, lineage)
-    report = compile_model(model_dir)
+    report = compile_model(model_dir, s.local_dir / "cache" if s.compile_text_encoder else None)
     engines = registry.publish_compiled(model_dir, row, report, s, store, lineage)
     p = report["onnx"]["parity"]
     console.print(f"compiled {row['model_id']}: ONNX {report['onnx']['bytes'] / 1e6:.1f} MB, parity max abs error "

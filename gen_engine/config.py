@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     retrain_device: str = Field("auto", description="auto | cpu | cuda")
     gate_max_fd_increase: float = Field(0.02, ge=0, description="Promote only if FD is worse by at most this fraction.")
     gate_max_r_precision_drop: float = Field(0.02, ge=0, description="... and R-precision drops by at most this.")
+    compile_text_encoder: bool = Field(True, description="Also export the MiniLM text encoder to ONNX when "
+                                                         "compiling (once per encoder version, shared by all models).")
 
     # --- rendering ----------------------------------------------------------------------------------
     render_shard_size: int = Field(2048, ge=1, description="Images per render shard (one mapped Airflow task).")

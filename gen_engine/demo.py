@@ -1,16 +1,18 @@
-"""`make demo`: the whole factory on the embedded defaults (local S3, SQLite), run through Airflow itself.
+"""`make demo`: the whole factory on the embedded defaults (local S3, SQLite), run by Airflow's own scheduler.
 
 1. `airflow standalone` is started in the background (UI on http://127.0.0.1:8080; stopped by
-   `make services-down`);
-2. a synthetic captioned-shapes drop lands in s3://datasets/raw/shapes/ and **dataset_ingest** curates it;
-3. **generator_retrain** trains the demo config (a few minutes on a CPU), evaluates, gates, compiles
-   and promotes the first model;
-4. examples/campaigns/spring_sale.csv lands in s3://campaigns/incoming/; **campaign_watch** claims it
-   (and queues a triggered run), and **campaign_render** renders the claimed CSV;
+   `make services-down`) and the factory's DAGs are unpaused through the REST API;
+2. a synthetic captioned-shapes drop lands in s3://datasets/raw/shapes/ and a **dataset_ingest** run
+   is triggered through the REST API; it curates the drop and updates the curated dataset's Asset;
+3. that Asset event wakes **generator_retrain**, which trains the demo config (a few minutes on a CPU),
+   evaluates, gates, compiles and promotes the first model;
+4. examples/campaigns/spring_sale.csv lands in s3://campaigns/incoming/; **campaign_watch** (every
+   minute) claims it and triggers **campaign_render**, which renders it;
 5. the gallery is copied to ./out/<campaign>/ and the locations and the UI login are printed.
 
-DAG runs go through `airflow dags test`, so they are recorded and visible in the UI. A
-second `make demo` reuses the curated version, skips retraining, and reuses the rendered images.
+The demo itself only drops files, triggers and watches: every task runs under the scheduler, as in a
+deployment, and every run is in the UI. A second `make demo` reuses the curated version, skips
+retraining, and reuses the rendered images.
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from gen_engine.config import Settings, get_settings
 from gen_engine.services import ServiceError, airflow_home, port_free
+
+if TYPE_CHECKING:
+    from gen_engine.lineage import LineageStore
+    from gen_engine.storage import Storage
 
 REPO = Path(__file__).resolve().parent.parent
 CAMPAIGN_CSV = REPO / "examples" / "campaigns" / "spring_sale.csv"
@@ -40,16 +47,6 @@ def _airflow_env(s: Settings) -> dict[str, str]:
     return os.environ | {"PATH": path, "AIRFLOW_HOME": str(airflow_home(s)), "GEN_RETRAIN_CONFIG": str(DEMO_CONFIG),
                          "GEN_RETRAIN_DATASET": "shapes", "GEN_INGEST_SCHEDULE": "@daily",
                          "PYTHONPATH": str(REPO / "plugins")}
-
-
-def _airflow(s: Settings, *args: str, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess:
-    exe = str(Path(sys.executable).with_name("airflow"))
-    res = subprocess.run([exe, *args], env=_airflow_env(s), text=True,
-                         capture_output=quiet, check=False)
-    if check and res.returncode != 0:
-        raise ServiceError(f"`airflow {' '.join(args)}` failed (exit {res.returncode})"
-                           + (f":\n{res.stderr[-1500:]}" if quiet else ""))
-    return res
 
 
 def start_standalone(s: Settings, console: Console) -> tuple[str, str]:
@@ -110,7 +107,89 @@ def _drop_zip(work: Path) -> Path:
     return z
 
 
+class AirflowAPI:
+    """The few calls of Airflow's REST API (v2) the demo needs, with a token from the simple auth manager.
+
+    The same calls serve the "instant" campaign alternative documented in dags/campaign_watch.py.
+    """
+
+    def __init__(self, url: str, user: str, password: str) -> None:
+        import httpx
+
+        self.url, self.http = url, httpx.Client(base_url=url, timeout=30)
+        res = self.http.post("/auth/token", json={"username": user, "password": password})
+        res.raise_for_status()
+        self.http.headers["Authorization"] = f"Bearer {res.json()['access_token']}"
+
+    def call(self, method: str, path: str, **kw: object) -> dict:
+        res = self.http.request(method, "/api/v2" + path, **kw)
+        if res.status_code >= 400:
+            raise ServiceError(f"Airflow API {method} {path}: {res.status_code} {res.text[:300]}")
+        return res.json()
+
+    def unpause(self, dag_id: str) -> None:
+        self.call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+
+    def trigger(self, dag_id: str, conf: dict | None = None) -> str:
+        run = self.call("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
+        return run["dag_run_id"]
+
+    def runs(self, dag_id: str) -> list[dict]:
+        return self.call("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": 20})["dag_runs"]
+
+    def run(self, dag_id: str, run_id: str) -> dict:
+        return self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        tis = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
+        out: dict[str, str] = {}
+        for ti in tis["task_instances"]:
+            name = ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else "")
+            out[name] = ti["state"] or "none"
+        return out
+
+    def wait(self, dag_id: str, run_id: str, console: Console, timeout: float = 900) -> str:
+        """Poll a run to its end, printing each task's state changes; returns the run's final state."""
+        seen: dict[str, str] = {}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.run(dag_id, run_id)["state"]
+            for task, st in self.task_states(dag_id, run_id).items():
+                if seen.get(task) != st:
+                    seen[task] = st
+                    console.print(f"  {dag_id} / {task}: {st}", highlight=False)
+            if state in ("success", "failed"):
+                return state
+            time.sleep(3)
+        raise ServiceError(f"{dag_id} run {run_id} did not finish within {timeout:.0f}s; see the Airflow UI")
+
+
+DEMO_DAGS = ("dataset_ingest", "generator_retrain", "campaign_watch", "campaign_render")
+
+
+def _connect(ui: str, password: str, console: Console) -> AirflowAPI:
+    """Wait until the API server answers and has parsed our DAGs; unpause them."""
+    import httpx
+
+    deadline = time.monotonic() + 240
+    api: AirflowAPI | None = None
+    while time.monotonic() < deadline:
+        try:
+            api = api or AirflowAPI(ui, "admin", password)
+            listed = {d["dag_id"] for d in api.call("GET", "/dags", params={"limit": 100})["dags"]}
+            if set(DEMO_DAGS) <= listed:
+                for dag_id in DEMO_DAGS:
+                    api.unpause(dag_id)
+                return api
+        except (httpx.HTTPError, ServiceError):
+            pass
+        time.sleep(2)
+    raise ServiceError("Airflow did not come up with the factory's DAGs within 4 minutes; see "
+                       f"{ui} and the log in the Airflow home (standalone.log)")
+
+
 def run_demo(console: Console) -> dict:
+    """Everything through Airflow's scheduler: the demo only drops files, triggers and watches."""
     from gen_engine.lineage import LineageStore
     from gen_engine.storage import Storage
 
@@ -122,40 +201,34 @@ def run_demo(console: Console) -> dict:
 
     console.rule("1/5 Airflow")
     ui, password = start_standalone(s, console)
-    _airflow(s, "dags", "reserialize", check=False, quiet=True)  # the UI lists the DAGs at once
+    api = _connect(ui, password, console)
+    console.print(f"Airflow is up at {ui}; the factory's DAGs are unpaused")
 
     console.rule("2/5 dataset_ingest")
     store.put_file(s.bucket_datasets, "raw/shapes/demo-drop.zip", _drop_zip(work), content_type="application/zip")
-    _airflow(s, "dags", "test", "dataset_ingest", quiet=True)
+    ingest_started = time.time()
+    run_id = api.trigger("dataset_ingest")
+    if api.wait("dataset_ingest", run_id, console) != "success":
+        raise RuntimeError(f"dataset_ingest failed; see {ui}/dags/dataset_ingest/runs/{run_id}")
     v = lineage.dataset_version("shapes")
     if v is None:
         raise RuntimeError("dataset_ingest did not produce a curated version; see the Airflow log of the run")
     console.print(f"curated: shapes v{v['version']} ({v['n_records']} records) at {v['uri']}")
 
-    console.rule("3/5 generator_retrain (a few minutes on a CPU)")
-    _airflow(s, "dags", "test", "generator_retrain", quiet=True)
+    console.rule("3/5 generator_retrain (woken by the curated dataset's Asset; a few minutes on a CPU)")
+    _wait_retrain(api, lineage, console, ingest_started)
     prod = lineage.resolve_alias("generator", "production")
     if prod is None:
-        raise RuntimeError("generator_retrain did not promote a model; see the Airflow log of the run")
+        raise RuntimeError(f"generator_retrain did not promote a model; see {ui}/dags/generator_retrain")
     metrics = json.loads(prod["metrics_json"] or "{}")
     console.print(f"production model: {prod['model_id']} (version {prod['version']}); "
                   + (f"R-precision {metrics['r_precision']:.2f}, FD {metrics['fd']:.3f}" if metrics else ""))
 
-    console.rule("4/5 campaign_watch -> campaign_render")
+    console.rule("4/5 campaign_watch (every minute) -> campaign_render")
     name = CAMPAIGN_CSV.stem
     store.put_file(s.bucket_campaigns, f"incoming/{name}.csv", CAMPAIGN_CSV, content_type="text/csv")
-    _airflow(s, "dags", "test", "campaign_watch", quiet=True)
-    claimed = [o.key for o in store.list(s.bucket_campaigns, f"claimed/{name}.") if o.key.endswith(".csv")]
-    if not claimed:
-        raise RuntimeError("campaign_watch did not claim the CSV; see the Airflow log of the run")
-    # campaign_watch also queued a triggered run; the demo renders the claimed CSV in the foreground.
-    conf = json.dumps({"csv_key": claimed[0], "campaign": name})
-    _airflow(s, "dags", "test", "campaign_render", "--conf", conf, quiet=True, check=False)
-    done = claimed[0].replace("claimed/", "processed/", 1)
-    if not store.exists(s.bucket_campaigns, done):
-        failed = claimed[0].replace("claimed/", "failed/", 1).removesuffix(".csv") + ".report.json"
-        why = store.get_bytes(s.bucket_campaigns, failed).decode() if store.exists(s.bucket_campaigns, failed) else ""
-        raise RuntimeError(f"campaign_render failed: {why[:500] or 'see the Airflow UI'}")
+    console.print(f"dropped {CAMPAIGN_CSV.name} in s3://{s.bucket_campaigns}/incoming/; waiting for campaign_watch")
+    done = _wait_render(api, store, s, name, console)
     report_key = done.removesuffix(".csv") + ".report.json"
     report = json.loads(store.get_bytes(s.bucket_campaigns, report_key))
     summary = json.loads(store.get_bytes(s.bucket_renders, report["summary"].split("/", 3)[3]))
@@ -178,3 +251,52 @@ def run_demo(console: Console) -> dict:
     console.print(f"lineage:  genengine lineage {s.bucket_renders}/{prefix}images/hero-red-circle_0.png")
     console.print(f"done in {time.monotonic() - t0:.0f}s")
     return summary
+
+
+def _wait_retrain(api: AirflowAPI, lineage: LineageStore, console: Console, since: float) -> None:
+    """Wait for the retrain runs woken by the ingest's Asset event; trigger one if none came."""
+    from datetime import datetime
+
+    waited: set[str] = set()
+    deadline = time.monotonic() + 60
+    while True:
+        fresh = [r for r in api.runs("generator_retrain")
+                 if r["dag_run_id"] not in waited and datetime.fromisoformat(r["run_after"]).timestamp() >= since - 5]
+        for r in fresh:
+            console.print(f"generator_retrain run {r['dag_run_id']} ({r['run_type']})", highlight=False)
+            api.wait("generator_retrain", r["dag_run_id"], console, timeout=1800)
+            waited.add(r["dag_run_id"])
+        if not fresh and (waited or time.monotonic() > deadline):
+            break
+        time.sleep(3)
+    if lineage.resolve_alias("generator", "production") is None:
+        console.print("no model promoted by an Asset-triggered run; triggering generator_retrain")
+        api.wait("generator_retrain", api.trigger("generator_retrain"), console, timeout=1800)
+
+
+def _wait_render(api: AirflowAPI, store: Storage, s: Settings, name: str, console: Console,
+                 timeout: float = 1200) -> str:
+    """Wait until campaign_watch has claimed the CSV and campaign_render has filed it; returns processed/ key."""
+    deadline = time.monotonic() + timeout
+    claimed: str | None = None
+    while time.monotonic() < deadline:
+        if claimed is None:
+            keys = [o.key for o in store.list(s.bucket_campaigns, f"claimed/{name}.")
+                    if o.key.endswith(".csv")]
+            if keys:
+                claimed = keys[0]
+                console.print(f"claimed as s3://{s.bucket_campaigns}/{claimed}; campaign_render triggered")
+                for r in api.runs("campaign_render")[:1]:
+                    if r["state"] in ("queued", "running"):
+                        state = api.wait("campaign_render", r["dag_run_id"], console, timeout=timeout)
+                        console.print(f"campaign_render {r['dag_run_id']}: {state}", highlight=False)
+        if claimed is not None:
+            done = claimed.replace("claimed/", "processed/", 1)
+            if store.exists(s.bucket_campaigns, done):
+                return done
+            failed = claimed.replace("claimed/", "failed/", 1).removesuffix(".csv") + ".report.json"
+            if store.exists(s.bucket_campaigns, failed):
+                why = store.get_bytes(s.bucket_campaigns, failed).decode()
+                raise RuntimeError(f"campaign_render failed: {why[:500]}")
+        time.sleep(3)
+    raise ServiceError(f"the campaign was not rendered within {timeout:.0f}s; see the Airflow UI")

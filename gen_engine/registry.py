@@ -75,8 +75,20 @@ def resolve(ref: str, settings: Settings, store: Storage, lineage: LineageStore,
 
 def publish_compiled(model_dir: Path, row: dict[str, Any], report: dict[str, Any], settings: Settings,
                      store: Storage, lineage: LineageStore) -> list[str]:
-    """Upload what `compile_model` produced beside the model in S3 and register each engine."""
+    """Upload what `compile_model` produced beside the model in S3 and register each engine.
+
+    The text encoder's ONNX file is the same for every model: it goes once to a content-addressed key
+    under ``text_encoder/`` and the model's compile report points to it.
+    """
     prefix = row["uri"].removeprefix(f"s3://{settings.bucket_models}/")
+    text = report.get("text_encoder")
+    if text and "local_path" in text:
+        key = f"text_encoder/{text['encoder']}-{text['sha256'][:12]}/{text['file']}"
+        if not store.exists(settings.bucket_models, key):
+            store.put_file(settings.bucket_models, key, Path(text["local_path"]))
+        del text["local_path"]
+        text["uri"] = f"s3://{settings.bucket_models}/{key}"
+        (Path(model_dir) / "compile_report.json").write_text(json.dumps(report, indent=1))
     for f in COMPILED_FILES:
         if (Path(model_dir) / f).exists():
             store.put_file(settings.bucket_models, prefix + f, Path(model_dir) / f)
@@ -87,6 +99,11 @@ def publish_compiled(model_dir: Path, row: dict[str, Any], report: dict[str, Any
                             key={"opset": onnx["opset"], "onnxruntime": report["versions"]["onnxruntime"]},
                             report=report)
     engines.append("onnxruntime")
+    if text:
+        lineage.register_engine(f"{row['model_id']}-text-{text['sha256'][:12]}", row["model_id"],
+                                backend="onnxruntime-text", uri=text["uri"], sha256=text["sha256"],
+                                key={"opset": text["opset"], "encoder": text["package"]}, report=text)
+        engines.append("onnxruntime-text")
     trt = report.get("tensorrt", {})
     if trt.get("built"):  # pragma: no cover (GPU hosts only)
         from gen_engine.hashing import sha256_file

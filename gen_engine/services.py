@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -225,26 +226,48 @@ def airflow_home(settings: Settings) -> Path:
 
 
 def write_airflow_cfg(home: Path) -> Path:
-    """A minimal airflow.cfg: SQLite under the home, our dags/ and plugins/, no example DAGs.
+    """airflow.cfg for the embedded stack: SQLite under the home, our dags/ and plugins/, loopback only.
 
-    Written once; a user's later edits are kept (Airflow fills every unset option with its default).
+    Missing options are added; a user's edits are kept (Airflow fills every unset option with its
+    default). Two per-installation secrets are generated once, as Airflow does for its own default
+    config, and the file is 0600: ``[api_auth] jwt_secret`` must be the same for the scheduler (which
+    signs the task tokens) and the API server (which checks them); with none set each component invents
+    its own and every task dies at start-up. ``[core] fernet_key`` encrypts connection passwords in the DB.
     """
+    import configparser
+
+    from cryptography.fernet import Fernet
+
     cfg = home / "airflow.cfg"
-    if cfg.exists():
-        return cfg
     home.mkdir(parents=True, exist_ok=True)
-    cfg.write_text(
-        "# Written by `genengine services up` for the embedded local stack; edit freely.\n"
-        "[core]\n"
-        f"dags_folder = {REPO_ROOT / 'dags'}\n"
-        f"plugins_folder = {REPO_ROOT / 'plugins'}\n"
-        "load_examples = False\n"
-        "[database]\n"
-        f"sql_alchemy_conn = sqlite:///{home / 'airflow.db'}\n"
-        "[api]\n"
-        "host = 127.0.0.1\n"
-        "port = 8080\n"
-    )
+    parser = configparser.ConfigParser(interpolation=None)
+    if cfg.exists():
+        parser.read(cfg)
+    wanted = {
+        "core": {"dags_folder": str(REPO_ROOT / "dags"), "plugins_folder": str(REPO_ROOT / "plugins"),
+                 "load_examples": "False", "executor": "LocalExecutor",
+                 "parallelism": "8",  # LocalExecutor forks this many workers up front: sized for a laptop
+                 "execution_api_server_url": "http://127.0.0.1:8080/execution/",
+                 "fernet_key": lambda: Fernet.generate_key().decode()},
+        "database": {"sql_alchemy_conn": f"sqlite:///{home / 'airflow.db'}"},
+        "api": {"host": "127.0.0.1", "port": "8080"},
+        "api_auth": {"jwt_secret": lambda: secrets.token_urlsafe(32)},
+    }
+    changed = not cfg.exists()
+    for section, options in wanted.items():
+        if not parser.has_section(section):
+            parser.add_section(section)
+        for key, value in options.items():
+            if not parser.get(section, key, fallback=""):
+                parser.set(section, key, value() if callable(value) else value)
+                changed = True
+    if changed:
+        fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("# Written by `genengine services up` for the embedded local stack; edit freely "
+                    "(missing options are added back).\n")
+            parser.write(f)
+    os.chmod(cfg, 0o600)
     return cfg
 
 

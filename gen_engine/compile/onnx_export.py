@@ -1,4 +1,4 @@
-"""Export the generator to ONNX and prove it renders what torch renders.
+"""Export the generator (and the text encoder, `text_onnx`) to ONNX; prove they compute what torch does.
 
     genengine compile --model production
 
@@ -72,8 +72,12 @@ def check_parity(model_dir: Path, onnx_path: Path) -> dict[str, Any]:
     return {"pairs": len(z), "max_abs_error": err, "tolerance": PARITY_TOL, "passed": err <= PARITY_TOL}
 
 
-def compile_model(model_dir: Path) -> dict[str, Any]:
-    """Export + check + parity (+ TensorRT where present); returns the compile report (also written)."""
+def compile_model(model_dir: Path, text_cache: Path | None = None) -> dict[str, Any]:
+    """Export + check + parity (+ TensorRT where present); returns the compile report (also written).
+
+    ``text_cache``: also compile the text encoder to ONNX (built once per encoder version into this
+    folder, see `text_onnx`); the report's ``text_encoder`` entry describes it.
+    """
     import onnx
     import onnxruntime as ort
 
@@ -96,5 +100,10 @@ def compile_model(model_dir: Path) -> dict[str, Any]:
                      "python": platform.python_version()},
         "tensorrt": tensorrt_build.build_if_available(model_dir, onnx_path),
     }
+    if text_cache is not None:
+        from gen_engine.compile.text_onnx import compile_text_encoder
+
+        text_path, report["text_encoder"] = compile_text_encoder(text_cache)
+        report["text_encoder"]["local_path"] = str(text_path)
     (model_dir / "compile_report.json").write_text(json.dumps(report, indent=1))
     return report

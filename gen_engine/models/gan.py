@@ -112,7 +112,9 @@ class Generator(nn.Module):
         x = self.fc(z).reshape(-1, self.cfg.channels[0], 4, 4)  # (B, 8nf, 4, 4)
         for block in self.blocks:
             x = block(x, c)
-        return torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)))
+        # tanh in float32 even under bf16 autocast: in bf16 an output near +-1 rounds to exactly +-1, its
+        # gradient (1 - y^2) to zero, and a saturated generator could never leave saturation.
+        return torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)).float())
 
 
 class DBlock(nn.Module):

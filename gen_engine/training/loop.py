@@ -17,7 +17,7 @@ import math
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -49,6 +49,12 @@ class TrainConfig(BaseModel):
     betas: tuple[float, float] = (0.0, 0.9)
     magp_weight: float = Field(2.0, description="Weight of the matching-aware gradient penalty.")
     magp_power: float = Field(6.0, description="Exponent p of the gradient norm in MA-GP.")
+    magp_every: int = Field(1, ge=1, description="Lazy MA-GP: apply it every k D steps with weight x k "
+                                                "(the double backward is a third of a step's cost).")
+    bf16: Literal["auto", "on", "off"] = Field(
+        "auto", description="bf16 autocast: auto = on CUDA GPUs with bf16, off elsewhere. `on` forces it on a "
+                            "CPU with native bf16 (1.6x faster at nf=16 on AVX512-BF16), but there the generator "
+                            "collapsed to a flat white image within 140 steps in our shapes32 runs.")
     diffaug: str = Field("translation,cutout", description="DiffAugment policy; empty for none.")
     ema_decay: float = 0.999
     ema_start: int = Field(0, description="Step after which EMA averaging starts (copy before).")
@@ -178,12 +184,12 @@ class TrainData:
 
 # --- one step -----------------------------------------------------------------------------------
 def d_loss(g: Generator, d: Discriminator, real: torch.Tensor, text: torch.Tensor, z: torch.Tensor,
-           cfg: TrainConfig, aug: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-    """Hinge loss on real/fake/mismatched pairs plus the matching-aware gradient penalty."""
+           cfg: TrainConfig, aug: torch.Generator, with_gp: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+    """Hinge loss on real/fake/mismatched pairs plus (``with_gp``) the matching-aware gradient penalty."""
     with torch.no_grad():
         fake = g(z, text)
-    real_a = diff_augment(real, cfg.diffaug, aug).requires_grad_(True)
-    text_gp = text.clone().requires_grad_(True)
+    real_a = diff_augment(real, cfg.diffaug, aug).requires_grad_(with_gp)
+    text_gp = text.clone().requires_grad_(with_gp)
     feats_real = d.features(real_a)
     out_real = d.score(feats_real, text_gp)
     out_mis = d.score(feats_real, torch.roll(text, 1, dims=0))  # mismatched captions
@@ -191,12 +197,15 @@ def d_loss(g: Generator, d: Discriminator, real: torch.Tensor, text: torch.Tenso
     loss_real = F.relu(1.0 - out_real).mean()
     loss_fake = F.relu(1.0 + out_fake).mean()
     loss_mis = F.relu(1.0 + out_mis).mean()
-    grads = torch.autograd.grad(out_real.sum(), (real_a, text_gp), create_graph=True)
-    gnorm = torch.cat([g_.reshape(g_.shape[0], -1) for g_ in grads], dim=1).norm(2, dim=1)
-    magp = cfg.magp_weight * (gnorm ** cfg.magp_power).mean()
-    loss = loss_real + (loss_fake + loss_mis) / 2 + magp
-    return loss, {"d_real": loss_real.item(), "d_fake": loss_fake.item(), "d_mis": loss_mis.item(),
-                  "magp": magp.item()}
+    loss = loss_real + (loss_fake + loss_mis) / 2
+    logs = {"d_real": loss_real.item(), "d_fake": loss_fake.item(), "d_mis": loss_mis.item()}
+    if with_gp:
+        grads = torch.autograd.grad(out_real.sum(), (real_a, text_gp), create_graph=True)
+        gnorm = torch.cat([g_.reshape(g_.shape[0], -1) for g_ in grads], dim=1).float().norm(2, dim=1)
+        magp = cfg.magp_weight * cfg.magp_every * (gnorm ** cfg.magp_power).mean()
+        loss = loss + magp
+        logs["magp"] = magp.item() / cfg.magp_every
+    return loss, logs
 
 
 def g_loss(g: Generator, d: Discriminator, text: torch.Tensor, z: torch.Tensor, cfg: TrainConfig,
@@ -208,6 +217,13 @@ def g_loss(g: Generator, d: Discriminator, text: torch.Tensor, z: torch.Tensor, 
 def ema_update(g_ema: Generator, g: Generator, decay: float) -> None:
     for pe, p in zip(g_ema.parameters(), g.parameters(), strict=True):
         pe.lerp_(p, 1.0 - decay)
+
+
+def bf16_autocast(mode: str, device: torch.device) -> bool:
+    """Whether to train under bf16 autocast (see TrainConfig.bf16)."""
+    if mode != "auto":
+        return mode == "on"
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -225,7 +241,7 @@ class Trainer:
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr_d, betas=cfg.betas)
         self.step = 0
         self.history: list[dict[str, float]] = []
-        self.autocast = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.autocast = bf16_autocast(cfg.bf16, self.device)
 
     def _modules(self) -> dict[str, torch.nn.Module]:
         return {"G": self.g, "D": self.d, "G_ema": self.g_ema}
@@ -251,7 +267,8 @@ class Trainer:
         rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
         z = torch.randn(cfg.batch_size, cfg.gan.z_dim, generator=rng).to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
-            loss_d, logs = d_loss(self.g, self.d, real, text, z, cfg, rng)
+            loss_d, logs = d_loss(self.g, self.d, real, text, z, cfg, rng,
+                                  with_gp=self.step % cfg.magp_every == 0)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
@@ -266,8 +283,9 @@ class Trainer:
         self.step += 1
         return {"step": self.step, "loss_d": loss_d.item(), "loss_g": loss_g.item(), **logs}
 
-    def train(self, until: int | None = None, progress: bool = True) -> None:
-        """Train to ``until`` (default cfg.steps); evaluates and checkpoints every cfg.eval_every steps."""
+    def train(self, until: int | None = None, progress: bool = True, deadline: float | None = None) -> None:
+        """Train to ``until`` (default cfg.steps) or to ``deadline`` (a time.monotonic() value), whichever
+        comes first; evaluates and checkpoints every cfg.eval_every steps and where it stops."""
         from tqdm import tqdm
 
         until = self.cfg.steps if until is None else until
@@ -282,10 +300,14 @@ class Trainer:
             bar.update(1)
             if self.step % 10 == 0:
                 bar.set_postfix(d=f"{logs['loss_d']:.3f}", g=f"{logs['loss_g']:.3f}")
-            if self.step % self.cfg.eval_every == 0 or self.step == until:
+            out_of_time = deadline is not None and time.monotonic() >= deadline
+            if self.step % self.cfg.eval_every == 0 or self.step == until or out_of_time:
                 self.save()
                 self.write_samples()
                 self.write_loss_curve()
+            if out_of_time:
+                log.info("time budget reached at step %d of %d", self.step, until)
+                break
         bar.close()
         dt = time.monotonic() - t0
         if self.step > n0:
@@ -312,10 +334,12 @@ class Trainer:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        steps = [h["step"] for h in self.history]
         fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
-        for key in ("loss_d", "loss_g", "magp"):
-            vals = np.array([h[key] for h in self.history])
+        for key in ("loss_d", "loss_g", "magp"):  # MA-GP is logged only on the steps that apply it (lazy)
+            steps = [h["step"] for h in self.history if key in h]
+            vals = np.array([h[key] for h in self.history if key in h])
+            if not len(vals):
+                continue
             k = max(1, len(vals) // 100)
             smooth = np.convolve(vals, np.ones(k) / k, mode="valid")
             ax.plot(steps[k - 1 :], smooth, label=key)

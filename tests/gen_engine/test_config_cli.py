@@ -72,3 +72,23 @@ def test_services_status_against_stopped_server_is_one_line(monkeypatch: pytest.
     res = CliRunner().invoke(app, ["services", "status"])
     assert res.exit_code == 1
     assert "cannot reach the S3 server" in res.output and "Traceback" not in res.output
+
+
+def test_sample_writes_a_grid_of_n_seeds(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """`genengine sample` from a local model folder: one labelled row of n images, deterministic per seed."""
+    import torch
+    from PIL import Image
+
+    from gen_engine.models.gan import GANConfig, Generator
+    from gen_engine.training.checkpoint import save_model
+
+    monkeypatch.setenv("GEN_LOCAL_DIR", str(tmp_path / "local"))
+    torch.manual_seed(0)
+    model = save_model(tmp_path / "run" / "model", Generator(GANConfig(resolution=16, nf=4)), {"name": "generator"})
+    grids = []
+    for name in ("a.png", "b.png"):
+        res = CliRunner().invoke(app, ["sample", "--model", str(model), "--prompt", "a red circle", "--seed", "7",
+                                       "-n", "4", "--out", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+        grids.append(Image.open(tmp_path / name).convert("RGB"))
+    assert grids[0].width >= 4 * 16 and grids[0].tobytes() == grids[1].tobytes()

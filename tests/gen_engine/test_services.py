@@ -67,11 +67,32 @@ def test_airflow_home_is_prepared_idempotently(tmp_path: Path, monkeypatch: pyte
         monkeypatch.delenv(var, raising=False)  # set process-wide by the DAG tests' harness; they would win
     settings = Settings(local_dir=tmp_path, s3_access_key="ak-test", s3_secret_key="sk-test", airflow_gpu_pool_slots=2)
     home = init_airflow_home(settings)
+    first = _read_cfg(home / "airflow.cfg")
+    with open(home / "airflow.cfg", "a") as f:
+        f.write("[scheduler]\nmin_file_process_interval = 7\n")  # a user's edit
     init_airflow_home(settings)
-    cfg = (home / "airflow.cfg").read_text()
-    assert "load_examples = False" in cfg and "/dags" in cfg and "/plugins" in cfg
+    cfg = _read_cfg(home / "airflow.cfg")
+    assert cfg["core"]["load_examples"] == "False" and cfg["core"]["dags_folder"].endswith("/dags")
+    assert cfg["core"]["plugins_folder"].endswith("/plugins") and cfg["api"]["host"] == "127.0.0.1"
+    assert cfg["scheduler"]["min_file_process_interval"] == "7"
+    # One JWT secret for scheduler and API server (else every task dies at start), kept across runs; 0600.
+    assert len(cfg["api_auth"]["jwt_secret"]) >= 32 and cfg["api_auth"]["jwt_secret"] == first["api_auth"]["jwt_secret"]
+    assert cfg["core"]["fernet_key"] == first["core"]["fernet_key"]
+    assert (home / "airflow.cfg").stat().st_mode & 0o777 == 0o600
     db = sqlite3.connect(home / "airflow.db")
     assert db.execute("SELECT slots FROM slot_pool WHERE pool = 'gpu'").fetchall() == [(2,)]
-    conns = db.execute("SELECT conn_type, login, extra FROM connection WHERE conn_id = 'gen_s3'").fetchall()
+    conns = db.execute("SELECT conn_type, login, password, extra, is_encrypted FROM connection "
+                       "WHERE conn_id = 'gen_s3'").fetchall()
     assert len(conns) == 1 and conns[0][0] == "aws" and conns[0][1] == "ak-test"
-    assert "http://127.0.0.1:8333" in conns[0][2]
+    assert conns[0][4] and "sk-test" not in conns[0][2]  # encrypted at rest with the installation's Fernet key
+    from cryptography.fernet import Fernet
+
+    assert "http://127.0.0.1:8333" in Fernet(cfg["core"]["fernet_key"].encode()).decrypt(conns[0][3]).decode()
+
+
+def _read_cfg(path: Path) -> dict[str, dict[str, str]]:
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(path)
+    return {section: dict(parser[section]) for section in parser.sections()}
