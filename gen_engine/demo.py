@@ -114,7 +114,11 @@ class AirflowAPI:
     """
 
     def __init__(self, url: str, user: str, password: str) -> None:
+        import logging
+
         import httpx
+
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
 
         self.url, self.http = url, httpx.Client(base_url=url, timeout=30)
         res = self.http.post("/auth/token", json={"username": user, "password": password})
@@ -286,10 +290,12 @@ def _wait_render(api: AirflowAPI, store: Storage, s: Settings, name: str, consol
             if keys:
                 claimed = keys[0]
                 console.print(f"claimed as s3://{s.bucket_campaigns}/{claimed}; campaign_render triggered")
-                for r in api.runs("campaign_render")[:1]:
-                    if r["state"] in ("queued", "running"):
-                        state = api.wait("campaign_render", r["dag_run_id"], console, timeout=timeout)
-                        console.print(f"campaign_render {r['dag_run_id']}: {state}", highlight=False)
+        if claimed is not None:
+            run = next((r for r in api.runs("campaign_render") if (r.get("conf") or {}).get("csv_key") == claimed),
+                       None)
+            if run is not None:
+                state = api.wait("campaign_render", run["dag_run_id"], console, timeout=timeout)
+                console.print(f"campaign_render {run['dag_run_id']}: {state}", highlight=False)
         if claimed is not None:
             done = claimed.replace("claimed/", "processed/", 1)
             if store.exists(s.bucket_campaigns, done):
