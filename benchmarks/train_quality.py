@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
     from gen_engine.training.loop import TrainConfig
 
 HERE = Path(__file__).resolve().parent
@@ -48,11 +51,24 @@ def throughput(base: TrainConfig, resolution: int, nf: int, seconds: float = 20.
     return k * cfg.batch_size / (time.perf_counter() - t0)
 
 
+class RealImages:
+    """A stand-in "backend" that returns the held-out images themselves, batch after batch, in order."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images, self.pos = images.permute(0, 2, 3, 1).numpy(), 0
+
+    def __call__(self, z: np.ndarray, text: np.ndarray) -> np.ndarray:
+        out = self.images[self.pos : self.pos + len(z)]
+        self.pos += len(z)
+        return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=30.0, help="Training time budget.")
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "shapes32.yaml")
     ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--eval-only", action="store_true", help="Evaluate the last run again (no training).")
     a = ap.parse_args()
 
     from gen_engine.datasets.synth import write_imagefolder
@@ -76,19 +92,27 @@ def main() -> None:
     enc_s = time.monotonic() - t0
 
     run = work / "run"
-    shutil.rmtree(run, ignore_errors=True)
-    trainer = Trainer(cfg, train, run)
-    budget = a.minutes * 60
-    t0 = time.monotonic()
-    print(f"training {cfg.steps} steps or {a.minutes:.0f} minutes ...", flush=True)
-    trainer.train(progress=True, deadline=t0 + budget)  # samples, loss curve, checkpoint every eval_every
-    train_s = time.monotonic() - t0
-    model_dir = trainer.export()
-    trainer.write_samples()
+    if a.eval_only:
+        summary = json.loads((run / "train_summary.json").read_text())
+        trainer = Trainer(cfg, train, run)
+        trainer.resume()
+        model_dir = run / "model"
+    else:
+        shutil.rmtree(run, ignore_errors=True)
+        trainer = Trainer(cfg, train, run)
+        budget = a.minutes * 60
+        t0 = time.monotonic()
+        print(f"training {cfg.steps} steps or {a.minutes:.0f} minutes ...", flush=True)
+        trainer.train(progress=True, deadline=t0 + budget)  # samples, loss curve, checkpoint every eval_every
+        summary = {"steps": trainer.step, "train_seconds": time.monotonic() - t0}
+        (run / "train_summary.json").write_text(json.dumps(summary))
+        model_dir = trainer.export()
+        trainer.write_samples()
+    train_s = summary["train_seconds"]
 
     backend = TorchBackend(model_dir, device="cpu")
     gen = evaluate(backend.render, held, enc, held_labels)
-    real = evaluate(lambda z, t: held.images[: len(z)].permute(0, 2, 3, 1).numpy(), held, enc, held_labels)
+    real = evaluate(RealImages(held.images), held, enc, held_labels)  # the evaluator's ceiling
     append_metrics(run / "metrics.jsonl", trainer.step, {"split": "heldout", **gen})
     tp = {f"{r}px_nf{nf}": throughput(cfg, r, nf) for r in (32, 64) for nf in sorted({cfg.nf, 32})}
     out = {"config": cfg.model_dump(), "steps": trainer.step, "train_seconds": train_s,
