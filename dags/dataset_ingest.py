@@ -46,7 +46,7 @@ def dataset_ingest():
             ctx["outlet_events"][CURATED].add(Asset(name=f"curated_{result['dataset']}", uri=result["asset_uri"]),
                                               extra={"version": result["version"]})
             return result
-        from airflow.exceptions import AirflowFailException
+        from airflow.sdk.exceptions import AirflowFailException
 
         raise AirflowFailException(result["error"])  # a data problem: retrying would not help
 
