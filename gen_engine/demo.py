@@ -283,26 +283,27 @@ def _wait_render(api: AirflowAPI, store: Storage, s: Settings, name: str, consol
     """Wait until campaign_watch has claimed the CSV and campaign_render has filed it; returns processed/ key."""
     deadline = time.monotonic() + timeout
     claimed: str | None = None
+    followed: str | None = None
     while time.monotonic() < deadline:
         if claimed is None:
-            keys = [o.key for o in store.list(s.bucket_campaigns, f"claimed/{name}.")
-                    if o.key.endswith(".csv")]
-            if keys:
-                claimed = keys[0]
-                console.print(f"claimed as s3://{s.bucket_campaigns}/{claimed}; campaign_render triggered")
-        if claimed is not None:
+            keys = [o.key for o in store.list(s.bucket_campaigns, f"claimed/{name}.") if o.key.endswith(".csv")]
+            if not keys:
+                time.sleep(3)
+                continue
+            claimed = keys[0]
+            console.print(f"claimed as s3://{s.bucket_campaigns}/{claimed}; campaign_render triggered")
+        if followed is None:  # follow the render run of this CSV once, task by task
             run = next((r for r in api.runs("campaign_render") if (r.get("conf") or {}).get("csv_key") == claimed),
                        None)
             if run is not None:
-                state = api.wait("campaign_render", run["dag_run_id"], console, timeout=timeout)
-                console.print(f"campaign_render {run['dag_run_id']}: {state}", highlight=False)
-        if claimed is not None:
-            done = claimed.replace("claimed/", "processed/", 1)
-            if store.exists(s.bucket_campaigns, done):
-                return done
-            failed = claimed.replace("claimed/", "failed/", 1).removesuffix(".csv") + ".report.json"
-            if store.exists(s.bucket_campaigns, failed):
-                why = store.get_bytes(s.bucket_campaigns, failed).decode()
-                raise RuntimeError(f"campaign_render failed: {why[:500]}")
+                followed = run["dag_run_id"]
+                state = api.wait("campaign_render", followed, console, timeout=timeout)
+                console.print(f"campaign_render {followed}: {state}", highlight=False)
+        done = claimed.replace("claimed/", "processed/", 1)
+        if store.exists(s.bucket_campaigns, done):
+            return done
+        failed = claimed.replace("claimed/", "failed/", 1).removesuffix(".csv") + ".report.json"
+        if store.exists(s.bucket_campaigns, failed):
+            raise RuntimeError(f"campaign_render failed: {store.get_bytes(s.bucket_campaigns, failed).decode()[:500]}")
         time.sleep(3)
     raise ServiceError(f"the campaign was not rendered within {timeout:.0f}s; see the Airflow UI")

@@ -243,7 +243,7 @@ def ingest(source: str, name: str, settings: Settings, store: Storage, lineage: 
                   "rejected_fraction": frac, "rejected_by_reason": dict(by_reason),
                   "drop_validation": drop_report, "records_validation": records_report}
         if not drop_report["success"]:
-            report["data_docs"] = f"s3://{bucket}/{upload_docs(store, bucket, quarantine + 'data_docs/', docs)}"
+            report["data_docs"] = upload_docs(store, bucket, quarantine + "data_docs/", docs)
             store.put_bytes(bucket, quarantine + "report.json", json.dumps(report, indent=1, default=str).encode(),
                             content_type="application/json")
             raise DropRejected(
@@ -264,9 +264,8 @@ def ingest(source: str, name: str, settings: Settings, store: Storage, lineage: 
         latest = lineage.dataset_version(dataset)
         n = (latest["version"] + 1) if latest else 1
         prefix = f"curated/{dataset}/v{n}/"
-        report["data_docs"] = f"s3://{bucket}/{prefix}data_docs/index.html"
+        report["data_docs"] = upload_docs(store, bucket, prefix + "data_docs/", docs)
         card = _publish(store, bucket, prefix, scratch, images, cfg, report, version_id)
-        upload_docs(store, bucket, prefix + "data_docs/", docs)
         scratch.close()
         version = lineage.record_dataset_version(dataset, version_id, uri=f"s3://{bucket}/{prefix}",
                                                  n_records=accepted, n_rejected=len(rejected), config=asdict(cfg),

@@ -1,10 +1,11 @@
 """Great Expectations suites kept as data (``suites/*.json``) and a runner over polars tables.
 
 Suites are plain JSON: a name and a list of ``{"type": expectation, "kwargs": {...}}``, so data
-engineers read and change them without Python. `run_suite` validates a table in an ephemeral GX
-context and returns GX's own result document, which the callers store beside their outputs. Given a
+engineers read and change them without Python. `SuiteRunner` validates tables in one in-memory GX
+context and returns GX's own result documents, which the callers store beside their outputs. Given a
 ``docs_dir`` it also renders GX Data Docs there (a static HTML site: index, one page per validation
 and per suite), which `upload_docs` copies to S3 beside the dataset version or its quarantine report.
+`run_suite` is the one-table shortcut without Data Docs.
 """
 
 from __future__ import annotations
@@ -89,13 +90,11 @@ def run_suite(df: pl.DataFrame, suite_name: str,
     return SuiteRunner().run(df, suite_name, overrides)
 
 
-def upload_docs(store: Any, bucket: str, prefix: str, docs_dir: Path) -> str | None:
-    """Copy a Data Docs site to ``s3://bucket/prefix`` (HTML, CSS, fonts, images); returns the index key."""
+def upload_docs(store: Any, bucket: str, prefix: str, docs_dir: Path) -> str:
+    """Copy a Data Docs site to ``s3://bucket/prefix`` (HTML, CSS, fonts, images); returns the index's URI."""
     import mimetypes
 
-    if not (docs_dir / "index.html").exists():
-        return None
     for path in sorted(p for p in docs_dir.rglob("*") if p.is_file()):
         kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         store.put_file(bucket, prefix + path.relative_to(docs_dir).as_posix(), path, content_type=kind)
-    return prefix + "index.html"
+    return f"s3://{bucket}/{prefix}index.html"

@@ -119,3 +119,31 @@ def test_red_looks_red() -> None:
     img = np.asarray(draw("square", "red", "white", "large", "center", 32, np.random.default_rng(0)))
     centre = img[12:20, 12:20].reshape(-1, 3).mean(0)
     assert centre[0] > 180 and centre[1] < 80 and centre[2] < 80
+
+
+def test_lazy_magp_applies_the_penalty_every_kth_step_only(tmp_path: Path) -> None:
+    cfg = TrainConfig.from_yaml(REPO / "configs" / "tiny.yaml", steps=4, magp_every=2)
+    trainer = Trainer(cfg, two_caption_data(32), tmp_path)
+    logs = [trainer.train_step() for _ in range(4)]
+    assert ["magp" in h for h in logs] == [True, False, True, False]
+
+
+def test_training_stops_at_its_deadline_with_a_checkpoint(tmp_path: Path) -> None:
+    import time
+
+    cfg = TrainConfig.from_yaml(REPO / "configs" / "tiny.yaml", steps=50, eval_every=50)
+    trainer = Trainer(cfg, two_caption_data(32), tmp_path)
+    trainer.train(progress=False, deadline=time.monotonic())  # already due: one step, then stop and save
+    assert trainer.step == 1 and (tmp_path / "checkpoints" / "step_0000001").is_dir()
+
+
+def test_bf16_is_gpu_only_under_auto_and_the_generator_output_stays_float32() -> None:
+    from gen_engine.models.gan import GANConfig, Generator
+    from gen_engine.training.loop import bf16_autocast
+
+    cpu = torch.device("cpu")
+    assert not bf16_autocast("auto", cpu) and bf16_autocast("on", cpu) and not bf16_autocast("off", cpu)
+    g = Generator(GANConfig(resolution=16, nf=4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = g(torch.randn(2, 100), torch.randn(2, 384))
+    assert out.dtype == torch.float32  # tanh in fp32: a bf16 output near +-1 would round to +-1, killing gradients
