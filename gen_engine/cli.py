@@ -315,7 +315,7 @@ def compile_cmd(model: str = typer.Option("production", help="Alias or model id 
     s = get_settings()
     store, lineage = Storage.from_settings(s), LineageStore.from_settings(s)
     model_dir, row = registry.resolve(model, s, store, lineage)
-    report = compile_model(model_dir, s.local_dir / "cache" if s.compile_text_encoder else None)
+    report = compile_model(model_dir, s.text_encoder_cache)
     engines = registry.publish_compiled(model_dir, row, report, s, store, lineage)
     p = report["onnx"]["parity"]
     console.print(f"compiled {row['model_id']}: ONNX {report['onnx']['bytes'] / 1e6:.1f} MB, parity max abs error "

@@ -115,6 +115,11 @@ class Settings(BaseSettings):
         return {role: getattr(self, f"bucket_{role}") for role in BUCKET_ROLES}
 
     @property
+    def text_encoder_cache(self) -> Path | None:
+        """Where the compiled text encoder is cached (None: compiling it is switched off)."""
+        return self.local_dir / "cache" if self.compile_text_encoder else None
+
+    @property
     def lineage_url(self) -> str:
         """The lineage database URL, the SQLite default resolved under local_dir."""
         if self.lineage_db_url is not None:

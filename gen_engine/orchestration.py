@@ -170,7 +170,7 @@ def promote(settings: Settings, store: Storage, lineage: LineageStore, challenge
     from gen_engine.compile.onnx_export import compile_model
 
     model_dir, row = registry.resolve(challenger_id, settings, store, lineage)
-    report = compile_model(model_dir, settings.local_dir / "cache" if settings.compile_text_encoder else None)
+    report = compile_model(model_dir, settings.text_encoder_cache)
     engines = registry.publish_compiled(model_dir, row, report, settings, store, lineage)
     lineage.set_alias(model_name, "production", challenger_id)
     return {"model_id": challenger_id, "engines": engines, "parity": report["onnx"]["parity"]}

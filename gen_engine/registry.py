@@ -82,11 +82,12 @@ def publish_compiled(model_dir: Path, row: dict[str, Any], report: dict[str, Any
     """
     prefix = row["uri"].removeprefix(f"s3://{settings.bucket_models}/")
     text = report.get("text_encoder")
-    if text and "local_path" in text:
+    if text and "uri" not in text:
+        from gen_engine.compile.text_onnx import text_encoder_folder
+
         key = f"text_encoder/{text['encoder']}-{text['sha256'][:12]}/{text['file']}"
         if not store.exists(settings.bucket_models, key):
-            store.put_file(settings.bucket_models, key, Path(text["local_path"]))
-        del text["local_path"]
+            store.put_file(settings.bucket_models, key, text_encoder_folder(settings.text_encoder_cache) / text["file"])
         text["uri"] = f"s3://{settings.bucket_models}/{key}"
         (Path(model_dir) / "compile_report.json").write_text(json.dumps(report, indent=1))
     for f in COMPILED_FILES:

@@ -36,8 +36,7 @@ def test_text_encoder_onnx_matches_torch_on_any_batch_and_length(text_cache: Pat
     assert again == path and report2["sha256"] == report["sha256"]
 
 
-def test_compiled_model_points_to_one_shared_text_encoder(text_cache: Path, tmp_path: Path, s3_settings,
-                                                          storage) -> None:
+def test_compiled_model_points_to_one_shared_text_encoder(tmp_path: Path, s3_settings, storage) -> None:
     from gen_engine import registry
     from gen_engine.lineage import LineageStore
 
@@ -48,12 +47,12 @@ def test_compiled_model_points_to_one_shared_text_encoder(text_cache: Path, tmp_
         torch.manual_seed(i)
         d = save_model(tmp_path / f"m{i}", Generator(GANConfig(resolution=16, nf=4)), {"name": "generator"})
         row = registry.publish(d, s3_settings, storage, lineage)
-        report = compile_model(d, text_cache)
+        report = compile_model(d, s3_settings.text_encoder_cache)  # where publish_compiled looks for it
         assert "onnxruntime-text" in registry.publish_compiled(d, row, report, s3_settings, storage, lineage)
         prefix = row["uri"].removeprefix(f"s3://{s3_settings.bucket_models}/")
         rows.append(json.loads(storage.get_bytes(s3_settings.bucket_models, prefix + "compile_report.json")))
     uris = {r["text_encoder"]["uri"] for r in rows}
-    assert len(uris) == 1 and "local_path" not in rows[0]["text_encoder"]
+    assert len(uris) == 1 and str(s3_settings.local_dir) not in json.dumps(rows[0])  # no local paths in S3
     key = uris.pop().removeprefix(f"s3://{s3_settings.bucket_models}/")
     assert key.startswith("text_encoder/all-MiniLM-L6-v2-") and storage.exists(s3_settings.bucket_models, key)
     assert [e["backend"] for e in lineage.engines(row["model_id"])] == ["onnxruntime", "onnxruntime-text"]
