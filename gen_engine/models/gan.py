@@ -7,13 +7,15 @@ TensorRT: constant scale-factor upsampling, reshape with a -1 batch, no in-graph
 
 Discriminator: conv stem, downsampling residual blocks to 4 x 4; a separate conditional head tiles
 the sentence embedding, concatenates and scores (so the matching-aware gradient penalty can take
-gradients with respect to both image and text).
+gradients with respect to both image and text). A linear projection of the pooled 4 x 4 features
+into the caption space (`embed`) serves the optional image-text contrastive term of training.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,26 +32,33 @@ class GANConfig:
     nf: base width; the 4x4 stage has 8*nf channels, halving down to nf.
     z_dim: noise dimension (100 in DF-GAN).
     text_dim: sentence-embedding dimension (384 for MiniLM).
+    channel_mult: channels at 4x4, 8x8, 16x16, ... as multiples of nf. DF-GAN's ladder keeps 8nf down
+        to 16x16; a CPU recipe can narrow it sooner (8, 8, 4, 2) for several times fewer FLOPs at 32 px.
     """
 
     resolution: int = 64
     nf: int = 32
     z_dim: int = 100
     text_dim: int = 384
+    channel_mult: tuple[int, ...] = (8, 8, 8, 4, 2, 1, 1)
 
     def __post_init__(self) -> None:
         if self.resolution not in RESOLUTIONS:
             raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {self.resolution}")
+        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))  # JSON gives a list
+        n_stages = int(math.log2(self.resolution)) - 1
+        if len(self.channel_mult) < n_stages or min(self.channel_mult) < 1:
+            raise ValueError(f"channel_mult needs {n_stages} positive entries for {self.resolution} px "
+                             f"(4x4 up to {self.resolution}x{self.resolution}), got {list(self.channel_mult)}")
 
     @property
     def channels(self) -> list[int]:
-        """Channels at 4x4, 8x8, ..., resolution (8nf, 8nf, 8nf, 4nf, 2nf, nf, ...)."""
+        """Channels at 4x4, 8x8, ..., resolution (nf * channel_mult)."""
         n_up = int(math.log2(self.resolution)) - 2
-        mult = [8, 8, 8, 4, 2, 1, 1]
-        return [self.nf * mult[i] for i in range(n_up + 1)]
+        return [self.nf * self.channel_mult[i] for i in range(n_up + 1)]
 
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "channel_mult": list(self.channel_mult)}
 
 
 class Affine(nn.Module):
@@ -142,6 +151,9 @@ class Discriminator(nn.Module):
             nn.Conv2d(ch[-1] + cfg.text_dim, cfg.nf * 2, 3, 1, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(cfg.nf * 2, 1, 4, 1, 0, bias=False),
         )
+        # Image -> sentence-embedding projection for the contrastive term (XMC-GAN / LAFITE style).
+        self.embed_proj = nn.Linear(ch[-1], cfg.text_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
 
     def features(self, img: torch.Tensor) -> torch.Tensor:
         """(B, 3, R, R) -> (B, 8nf, 4, 4)."""
@@ -151,6 +163,10 @@ class Discriminator(nn.Module):
         """Conditional logit (B,) of features against sentence embeddings."""
         t = text[:, :, None, None].expand(-1, -1, 4, 4)
         return self.head(torch.cat([feats, t], dim=1)).reshape(-1)
+
+    def embed(self, feats: torch.Tensor) -> torch.Tensor:
+        """Unit image embeddings (B, text_dim) in the caption space, from the 4x4 features."""
+        return F.normalize(self.embed_proj(feats.mean(dim=(2, 3))), dim=1)
 
     def forward(self, img: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return self.score(self.features(img), text)

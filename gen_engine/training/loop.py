@@ -56,6 +56,12 @@ class TrainConfig(BaseModel):
                             "CPU with native bf16 (1.6x faster at nf=16 on AVX512-BF16), but there the generator "
                             "collapsed to a flat white image within 140 steps in our shapes32 runs.")
     diffaug: str = Field("translation,cutout", description="DiffAugment policy; empty for none.")
+    channel_mult: tuple[int, ...] | None = Field(
+        None, description="Channels per stage (4x4 upward) as multiples of nf; unset = DF-GAN's ladder.")
+    contrastive_weight: float = Field(
+        0.0, ge=0, description="Weight of the image-text contrastive term (XMC-GAN, LAFITE): D learns to embed "
+                               "real images next to their captions, G is pushed to make its images embed next "
+                               "to theirs. A dense text-alignment signal that the matching-aware hinge lacks.")
     ema_decay: float = 0.999
     ema_start: int = Field(0, description="Step after which EMA averaging starts (copy before).")
     seed: int = 0
@@ -73,7 +79,8 @@ class TrainConfig(BaseModel):
 
     @property
     def gan(self) -> GANConfig:
-        return GANConfig(resolution=self.resolution, nf=self.nf)
+        extra = {"channel_mult": self.channel_mult} if self.channel_mult else {}
+        return GANConfig(resolution=self.resolution, nf=self.nf, **extra)
 
 
 def code_version() -> str:
@@ -183,6 +190,13 @@ class TrainData:
 
 
 # --- one step -----------------------------------------------------------------------------------
+def contrastive_loss(d: Discriminator, feats: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE between D's image embeddings and the batch's caption embeddings."""
+    logits = d.logit_scale.exp().clamp(max=100.0) * (d.embed(feats).float() @ text.float().T)
+    target = torch.arange(len(text), device=text.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
 def d_loss(g: Generator, d: Discriminator, real: torch.Tensor, text: torch.Tensor, z: torch.Tensor,
            cfg: TrainConfig, aug: torch.Generator, with_gp: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
     """Hinge loss on real/fake/mismatched pairs plus (``with_gp``) the matching-aware gradient penalty."""
@@ -199,6 +213,10 @@ def d_loss(g: Generator, d: Discriminator, real: torch.Tensor, text: torch.Tenso
     loss_mis = F.relu(1.0 + out_mis).mean()
     loss = loss_real + (loss_fake + loss_mis) / 2
     logs = {"d_real": loss_real.item(), "d_fake": loss_fake.item(), "d_mis": loss_mis.item()}
+    if cfg.contrastive_weight:
+        con = contrastive_loss(d, feats_real, text)
+        loss = loss + cfg.contrastive_weight * con
+        logs["d_con"] = con.item()
     if with_gp:
         grads = torch.autograd.grad(out_real.sum(), (real_a, text_gp), create_graph=True)
         gnorm = torch.cat([g_.reshape(g_.shape[0], -1) for g_ in grads], dim=1).float().norm(2, dim=1)
@@ -209,8 +227,14 @@ def d_loss(g: Generator, d: Discriminator, real: torch.Tensor, text: torch.Tenso
 
 
 def g_loss(g: Generator, d: Discriminator, text: torch.Tensor, z: torch.Tensor, cfg: TrainConfig,
-           aug: torch.Generator) -> torch.Tensor:
-    return -d(diff_augment(g(z, text), cfg.diffaug, aug), text).mean()
+           aug: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    """Adversarial hinge (G side) plus, if configured, the contrastive pull toward the captions."""
+    feats = d.features(diff_augment(g(z, text), cfg.diffaug, aug))
+    loss = -d.score(feats, text).mean()
+    if not cfg.contrastive_weight:
+        return loss, {}
+    con = contrastive_loss(d, feats, text)
+    return loss + cfg.contrastive_weight * con, {"g_con": con.item()}
 
 
 @torch.no_grad()
@@ -273,7 +297,7 @@ class Trainer:
         loss_d.backward()
         self.opt_d.step()
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
-            loss_g = g_loss(self.g, self.d, text, z, cfg, rng)
+            loss_g, logs_g = g_loss(self.g, self.d, text, z, cfg, rng)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -281,7 +305,7 @@ class Trainer:
         decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step)) if self.step >= cfg.ema_start else 0.0
         ema_update(self.g_ema, self.g, decay)
         self.step += 1
-        return {"step": self.step, "loss_d": loss_d.item(), "loss_g": loss_g.item(), **logs}
+        return {"step": self.step, "loss_d": loss_d.item(), "loss_g": loss_g.item(), **logs, **logs_g}
 
     def train(self, until: int | None = None, progress: bool = True, deadline: float | None = None) -> None:
         """Train to ``until`` (default cfg.steps) or to ``deadline`` (a time.monotonic() value), whichever
@@ -335,7 +359,8 @@ class Trainer:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
-        for key in ("loss_d", "loss_g", "magp"):  # MA-GP is logged only on the steps that apply it (lazy)
+        # MA-GP is logged only on the steps that apply it (lazy); the contrastive terms only when configured.
+        for key in ("loss_d", "loss_g", "magp", "d_con", "g_con"):
             steps = [h["step"] for h in self.history if key in h]
             vals = np.array([h[key] for h in self.history if key in h])
             if not len(vals):
