@@ -11,6 +11,7 @@ process we started (its command line names our data folder) is ever stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -206,6 +207,15 @@ class LocalS3:
         else:
             if Path(f"/proc/{pid}").exists():
                 os.killpg(pid, signal.SIGKILL)
+        # The leader can exit while the rest of its process group still holds listening sockets; a
+        # restart on the same ports right after (an outage test, `services down && up`) needs them free.
+        ports_free = lambda: all(port_free(p) for p in self.ports.named().values())  # noqa: E731
+        while time.monotonic() < deadline and not ports_free():
+            time.sleep(0.1)
+        if not ports_free():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            time.sleep(0.5)
         self.pid_file.unlink(missing_ok=True)
         return True
 
