@@ -81,18 +81,12 @@ class FoldedBlock(nn.Module):
         return F.interpolate(self.shortcut(x), scale_factor=2.0, mode="nearest") + h
 
 
-class FoldedGenerator(nn.Module):
-    """Inference-only twin of a Generator (shares its weights; same inputs and output)."""
+class FoldedGenerator(Generator):
+    """Inference-only twin of a Generator: shares its weights, swaps in folded blocks and keeps its
+    forward (so the two can never drift apart outside the blocks)."""
 
     def __init__(self, g: Generator) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # not Generator.__init__: the layers are g's own, not fresh ones
         self.cfg = g.cfg
         self.fc, self.to_rgb = g.fc, g.to_rgb
         self.blocks = nn.ModuleList(FoldedBlock(b, 4 * 2**i) for i, b in enumerate(g.blocks))
-
-    def forward(self, z: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        c = torch.cat([z, text], dim=1)
-        x = self.fc(z).reshape(-1, self.cfg.channels[0], 4, 4)
-        for block in self.blocks:
-            x = block(x, c)
-        return torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)).float())

