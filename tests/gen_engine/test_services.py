@@ -27,6 +27,10 @@ def test_start_reuse_stop(tmp_path: Path) -> None:
         assert server.storage().client.bucket_exists("renders")
     finally:
         assert server.stop()
+    # Stopped means its ports are free at once: a restart on the same ports (the outage test) must not clash.
+    from gen_engine.services import port_free
+
+    assert all(port_free(p) for p in server.ports.named().values())
     assert server.pid() is None and not server.stop()
 
 
