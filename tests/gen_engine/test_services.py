@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gen_engine.services import LocalS3, S3Ports, ServiceError
+from gen_engine.services import LocalS3, S3Ports, ServiceError, port_free
 
 
 def test_start_reuse_stop(tmp_path: Path) -> None:
@@ -28,8 +28,6 @@ def test_start_reuse_stop(tmp_path: Path) -> None:
     finally:
         assert server.stop()
     # Stopped means its ports are free at once: a restart on the same ports (the outage test) must not clash.
-    from gen_engine.services import port_free
-
     assert all(port_free(p) for p in server.ports.named().values())
     assert server.pid() is None and not server.stop()
 
