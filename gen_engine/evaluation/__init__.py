@@ -22,60 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import linalg
-from torch import nn
+
+from gen_engine.models.encoder import ImageEncoder, train_encoder
 
 log = logging.getLogger(__name__)
-
-
-class ImageEncoder(nn.Module):
-    """A small CNN: (B, 3, R, R) in [-1, 1] -> (B, 384) unit vectors, plus optional attribute heads."""
-
-    def __init__(self, dim: int = 384, width: int = 32, heads: dict[str, int] | None = None) -> None:
-        super().__init__()
-        w = width
-        self.body = nn.Sequential(
-            nn.Conv2d(3, w, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(w, w * 2, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(w * 2, w * 4, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(w * 4, w * 8, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.proj = nn.Linear(w * 8, dim)
-        self.heads = nn.ModuleDict({k: nn.Linear(w * 8, n) for k, n in (heads or {}).items()})
-        self.logit_scale = nn.Parameter(torch.tensor(np.log(1 / 0.07), dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.proj(self.body(x)), dim=1)
-
-    def attributes(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.body(x)
-        return {k: head(h) for k, head in self.heads.items()}
-
-
-def train_encoder(images: torch.Tensor, text: torch.Tensor, labels: dict[str, torch.Tensor] | None = None,
-                  steps: int = 1500, batch: int = 128, seed: int = 0) -> ImageEncoder:
-    """Contrastive (symmetric InfoNCE) against fixed caption embeddings, plus attribute cross-entropy."""
-    torch.manual_seed(seed)
-    labels = labels or {}
-    enc = ImageEncoder(heads={k: int(v.max()) + 1 for k, v in labels.items()})
-    opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
-    n = images.shape[0]
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, n, (min(batch, n),), generator=g)
-        x = images[idx].float() / 127.5 - 1
-        if torch.rand(1, generator=g).item() < 0.5:
-            x = x.flip(3)
-        h = enc.body(x)
-        img = F.normalize(enc.proj(h), dim=1)
-        logits = enc.logit_scale.exp().clamp(max=100) * img @ text[idx].T
-        target = torch.arange(len(idx))
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        for k, head in enc.heads.items():
-            loss = loss + F.cross_entropy(head(h), labels[k][idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return enc.eval()
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,0 +1,76 @@
+"""A small image encoder trained against the frozen MiniLM caption embeddings (the DAMSM recipe).
+
+Two users, two separately trained instances:
+- evaluation (`gen_engine.evaluation`): one per dataset version, with attribute heads on synthetic
+  shapes, to score generated images (R-precision, Frechet distance, colour and shape accuracy);
+- training (`TrainConfig.guide_weight`): a text-alignment guide for the generator, the role CLIP plays
+  in StyleGAN-T and LAFITE, trained on the training split at the start of a run with its own seed and
+  augmentations, captions only (no attribute labels).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ImageEncoder(nn.Module):
+    """A small CNN: (B, 3, R, R) in [-1, 1] -> (B, 384) unit vectors, plus optional attribute heads."""
+
+    def __init__(self, dim: int = 384, width: int = 32, heads: dict[str, int] | None = None) -> None:
+        super().__init__()
+        w = width
+        self.body = nn.Sequential(
+            nn.Conv2d(3, w, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(w, w * 2, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(w * 2, w * 4, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(w * 4, w * 8, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.proj = nn.Linear(w * 8, dim)
+        self.heads = nn.ModuleDict({k: nn.Linear(w * 8, n) for k, n in (heads or {}).items()})
+        self.logit_scale = nn.Parameter(torch.tensor(np.log(1 / 0.07), dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(self.body(x)), dim=1)
+
+    def attributes(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.body(x)
+        return {k: head(h) for k, head in self.heads.items()}
+
+
+def info_nce(img: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of unit image embeddings against their captions (the batch's others as negatives)."""
+    logits = logit_scale.exp().clamp(max=100.0) * (img.float() @ text.float().T)
+    target = torch.arange(len(text), device=text.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def train_encoder(images: torch.Tensor, text: torch.Tensor, labels: dict[str, torch.Tensor] | None = None,
+                  steps: int = 1500, batch: int = 128, seed: int = 0, augment: str = "",
+                  width: int = 32) -> ImageEncoder:
+    """Contrastive (symmetric InfoNCE) against fixed caption embeddings, plus attribute cross-entropy.
+
+    Random horizontal flips always; ``augment`` adds a DiffAugment policy (e.g. "translation").
+    """
+    from gen_engine.training.augment import diff_augment
+
+    torch.manual_seed(seed)
+    labels = labels or {}
+    enc = ImageEncoder(width=width, heads={k: int(v.max()) + 1 for k, v in labels.items()})
+    opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
+    n = images.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, n, (min(batch, n),), generator=g)
+        x = images[idx].float() / 127.5 - 1
+        if torch.rand(1, generator=g).item() < 0.5:
+            x = x.flip(3)
+        x = diff_augment(x, augment, g)
+        h = enc.body(x)
+        loss = info_nce(F.normalize(enc.proj(h), dim=1), text[idx], enc.logit_scale)
+        for k, head in enc.heads.items():
+            loss = loss + F.cross_entropy(head(h), labels[k][idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return enc.eval()
