@@ -34,6 +34,9 @@ class GANConfig:
     text_dim: sentence-embedding dimension (384 for MiniLM).
     channel_mult: channels at 4x4, 8x8, 16x16, ... as multiples of nf. DF-GAN's ladder keeps 8nf down
         to 16x16; a CPU recipe can narrow it sooner (8, 8, 4, 2) for several times fewer FLOPs at 32 px.
+    text_stem: the 4x4 stem sees cat(z, text) instead of z alone (DF-GAN). Then the caption also lays out
+        the coarse spatial map (where the shape goes, what outline it starts from), not only per-channel
+        scales and shifts of a layout drawn by the noise.
     """
 
     resolution: int = 64
@@ -41,6 +44,7 @@ class GANConfig:
     z_dim: int = 100
     text_dim: int = 384
     channel_mult: tuple[int, ...] = (8, 8, 8, 4, 2, 1, 1)
+    text_stem: bool = False
 
     def __post_init__(self) -> None:
         if self.resolution not in RESOLUTIONS:
@@ -111,14 +115,14 @@ class Generator(nn.Module):
         self.cfg = cfg
         ch = cfg.channels
         cond = cfg.z_dim + cfg.text_dim
-        self.fc = nn.Linear(cfg.z_dim, ch[0] * 16)
+        self.fc = nn.Linear(cond if cfg.text_stem else cfg.z_dim, ch[0] * 16)
         self.blocks = nn.ModuleList(GBlock(a, b, cond) for a, b in zip(ch[:-1], ch[1:], strict=True))
         self.to_rgb = nn.Conv2d(ch[-1], 3, 3, 1, 1)
 
     def forward(self, z: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """(B, z_dim), (B, text_dim) -> (B, 3, R, R) in [-1, 1]."""
         c = torch.cat([z, text], dim=1)
-        x = self.fc(z).reshape(-1, self.cfg.channels[0], 4, 4)  # (B, 8nf, 4, 4)
+        x = self.fc(c if self.cfg.text_stem else z).reshape(-1, self.cfg.channels[0], 4, 4)  # (B, 8nf, 4, 4)
         for block in self.blocks:
             x = block(x, c)
         # tanh in float32 even under bf16 autocast: in bf16 an output near +-1 rounds to exactly +-1, its

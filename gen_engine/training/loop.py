@@ -26,6 +26,7 @@ import yaml
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from gen_engine.models.encoder import ImageEncoder, info_nce, train_encoder
 from gen_engine.models.gan import Discriminator, GANConfig, Generator
 from gen_engine.models.noise import seed_noise
 from gen_engine.training.augment import diff_augment
@@ -58,10 +59,17 @@ class TrainConfig(BaseModel):
     diffaug: str = Field("translation,cutout", description="DiffAugment policy; empty for none.")
     channel_mult: tuple[int, ...] | None = Field(
         None, description="Channels per stage (4x4 upward) as multiples of nf; unset = DF-GAN's ladder.")
+    text_stem: bool = Field(False, description="The generator's 4x4 stem sees the caption too (GANConfig).")
     contrastive_weight: float = Field(
         0.0, ge=0, description="Weight of the image-text contrastive term (XMC-GAN, LAFITE): D learns to embed "
                                "real images next to their captions, G is pushed to make its images embed next "
                                "to theirs. A dense text-alignment signal that the matching-aware hinge lacks.")
+    guide_weight: float = Field(
+        0.0, ge=0, description="Weight of the text-alignment guidance (StyleGAN-T's CLIP guidance, with a "
+                               "small image encoder trained on the run's own captions at its start instead "
+                               "of CLIP): G is pushed to make augmented fakes embed next to their captions in "
+                               "a frozen space that already tells shapes apart, while D is still learning.")
+    guide_steps: int = Field(1000, ge=1, description="Training steps (batch 128) of the guide encoder.")
     ema_decay: float = 0.999
     ema_start: int = Field(0, description="Step after which EMA averaging starts (copy before).")
     seed: int = 0
@@ -80,7 +88,7 @@ class TrainConfig(BaseModel):
     @property
     def gan(self) -> GANConfig:
         extra = {"channel_mult": self.channel_mult} if self.channel_mult else {}
-        return GANConfig(resolution=self.resolution, nf=self.nf, **extra)
+        return GANConfig(resolution=self.resolution, nf=self.nf, text_stem=self.text_stem, **extra)
 
 
 def code_version() -> str:
@@ -192,9 +200,7 @@ class TrainData:
 # --- one step -----------------------------------------------------------------------------------
 def contrastive_loss(d: Discriminator, feats: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE between D's image embeddings and the batch's caption embeddings."""
-    logits = d.logit_scale.exp().clamp(max=100.0) * (d.embed(feats).float() @ text.float().T)
-    target = torch.arange(len(text), device=text.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    return info_nce(d.embed(feats), text, d.logit_scale)
 
 
 def d_loss(g: Generator, d: Discriminator, real: torch.Tensor, text: torch.Tensor, z: torch.Tensor,
@@ -227,14 +233,20 @@ def d_loss(g: Generator, d: Discriminator, real: torch.Tensor, text: torch.Tenso
 
 
 def g_loss(g: Generator, d: Discriminator, text: torch.Tensor, z: torch.Tensor, cfg: TrainConfig,
-           aug: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-    """Adversarial hinge (G side) plus, if configured, the contrastive pull toward the captions."""
-    feats = d.features(diff_augment(g(z, text), cfg.diffaug, aug))
-    loss = -d.score(feats, text).mean()
-    if not cfg.contrastive_weight:
-        return loss, {}
-    con = contrastive_loss(d, feats, text)
-    return loss + cfg.contrastive_weight * con, {"g_con": con.item()}
+           aug: torch.Generator, guide: ImageEncoder | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Adversarial hinge (G side) plus, if configured, the contrastive and guidance pulls toward the captions."""
+    fake = diff_augment(g(z, text), cfg.diffaug, aug)
+    feats = d.features(fake)
+    loss, logs = -d.score(feats, text).mean(), {}
+    if cfg.contrastive_weight:
+        con = contrastive_loss(d, feats, text)
+        loss = loss + cfg.contrastive_weight * con
+        logs["g_con"] = con.item()
+    if guide is not None and cfg.guide_weight:
+        gl = info_nce(guide(fake.float()), text, guide.logit_scale)
+        loss = loss + cfg.guide_weight * gl
+        logs["g_guide"] = gl.item()
+    return loss, logs
 
 
 @torch.no_grad()
@@ -266,6 +278,28 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.autocast = bf16_autocast(cfg.bf16, self.device)
+        self.guide_seconds = 0.0  # time spent training the guide encoder in this process
+        self.guide = self._guide() if cfg.guide_weight else None
+
+    def _guide(self) -> ImageEncoder:
+        """The frozen guidance encoder of this run: trained once on its data, kept in the run folder (so a
+        resumed run uses exactly the same one)."""
+        from safetensors.torch import load_file, save_file
+
+        path = self.run_dir / "guide.safetensors"
+        if path.exists():
+            enc = ImageEncoder()
+            enc.load_state_dict(load_file(path))
+        else:
+            t0 = time.monotonic()
+            log.info("training the guide encoder (%d steps) ...", self.cfg.guide_steps)
+            enc = train_encoder(self.data.images, self.data.text, steps=self.cfg.guide_steps,
+                                seed=self.cfg.seed + 1, augment="translation")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, path)
+            self.guide_seconds = time.monotonic() - t0
+            log.info("guide encoder trained in %.0fs", self.guide_seconds)
+        return enc.eval().requires_grad_(False).to(self.device)
 
     def _modules(self) -> dict[str, torch.nn.Module]:
         return {"G": self.g, "D": self.d, "G_ema": self.g_ema}
@@ -297,7 +331,7 @@ class Trainer:
         loss_d.backward()
         self.opt_d.step()
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
-            loss_g, logs_g = g_loss(self.g, self.d, text, z, cfg, rng)
+            loss_g, logs_g = g_loss(self.g, self.d, text, z, cfg, rng, self.guide)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -360,7 +394,7 @@ class Trainer:
 
         fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
         # MA-GP is logged only on the steps that apply it (lazy); the contrastive terms only when configured.
-        for key in ("loss_d", "loss_g", "magp", "d_con", "g_con"):
+        for key in ("loss_d", "loss_g", "magp", "d_con", "g_con", "g_guide"):
             steps = [h["step"] for h in self.history if key in h]
             vals = np.array([h[key] for h in self.history if key in h])
             if not len(vals):

@@ -15,10 +15,10 @@ from gen_engine.models.gan import GANConfig, Generator
 from gen_engine.training.checkpoint import save_model
 
 
-def _trained_like(res: int, nf: int, seed: int = 0) -> Generator:
+def _trained_like(res: int, nf: int, seed: int = 0, text_stem: bool = False) -> Generator:
     """A generator whose text affines are not the identity (as after training), so folding them is tested."""
     torch.manual_seed(seed)
-    g = Generator(GANConfig(resolution=res, nf=nf)).eval()
+    g = Generator(GANConfig(resolution=res, nf=nf, text_stem=text_stem)).eval()
     with torch.no_grad():
         for p in g.parameters():
             p.add_(0.02 * torch.randn_like(p))
@@ -31,9 +31,9 @@ def _flops(net: torch.nn.Module, cfg: GANConfig) -> int:
     return fc.get_total_flops()
 
 
-@pytest.mark.parametrize(("res", "nf"), [(16, 4), (32, 8), (64, 4)])
-def test_folded_generator_computes_the_same_images(res: int, nf: int) -> None:
-    g = _trained_like(res, nf)
+@pytest.mark.parametrize(("res", "nf", "text_stem"), [(16, 4, False), (32, 8, True), (64, 4, False)])
+def test_folded_generator_computes_the_same_images(res: int, nf: int, text_stem: bool) -> None:
+    g = _trained_like(res, nf, text_stem=text_stem)
     z, text = torch.randn(5, 100), torch.nn.functional.normalize(torch.randn(5, 384), dim=1)
     with torch.inference_mode():
         ref, got = g(z, text), FoldedGenerator(g)(z, text)

@@ -21,7 +21,8 @@ from gen_engine.training.loop import seed_noise
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(3)
-    d = save_model(tmp_path_factory.mktemp("m") / "model", Generator(GANConfig(resolution=32, nf=8)),
+    d = save_model(tmp_path_factory.mktemp("m") / "model",
+                   Generator(GANConfig(resolution=32, nf=8, text_stem=True)),  # as configs/shapes32.yaml
                    {"name": "generator"})
     report = compile_model(d)
     assert report["onnx"]["parity"]["passed"]

@@ -71,6 +71,37 @@ def test_generator_learns_its_condition(tmp_path: Path) -> None:
     assert redness(red) > 0 > redness(blue)
 
 
+def test_guide_encoder_is_trained_once_per_run_stays_frozen_and_resume_stays_exact(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guide is trained at the start of a run and kept in the run folder: a resumed run loads that one
+    (it does not train another), G's loss never updates it, and resume stays bit-exact."""
+    from gen_engine.training import loop
+
+    cfg = TrainConfig.from_yaml(REPO / "configs" / "tiny.yaml", steps=6, eval_every=3, guide_weight=1.0,
+                                guide_steps=5, text_stem=True)
+    data = two_caption_data(32)
+    straight = Trainer(cfg, data, tmp_path / "a")
+    before = {k: v.clone() for k, v in straight.guide.state_dict().items()}
+    straight.train(progress=False)
+    assert "g_guide" in straight.history[-1]
+    assert all(torch.equal(before[k], v) for k, v in straight.guide.state_dict().items())
+
+    Trainer(cfg, data, tmp_path / "b").train(until=3, progress=False)
+    assert (tmp_path / "b" / "guide.safetensors").is_file()
+
+    def no_second_guide(*a: object, **k: object) -> None:
+        raise AssertionError("a resumed run trained a new guide encoder")
+
+    monkeypatch.setattr(loop, "train_encoder", no_second_guide)
+    resumed = Trainer(cfg, data, tmp_path / "b")
+    assert resumed.resume() and resumed.step == 3
+    resumed.train(progress=False)
+    for name in ("g", "d", "g_ema"):
+        for (k, a), b in zip(getattr(straight, name).state_dict().items(),
+                             getattr(resumed, name).state_dict().values(), strict=True):
+            assert torch.equal(a, b), f"{name}.{k} differs after resume"
+
+
 def test_model_artifact_rebuilds_from_itself_alone(tmp_path: Path) -> None:
     cfg = TrainConfig.from_yaml(REPO / "configs" / "tiny.yaml", steps=2, channel_mult=(8, 4, 2))
     trainer = Trainer(cfg, two_caption_data(16), tmp_path / "run")
@@ -79,7 +110,7 @@ def test_model_artifact_rebuilds_from_itself_alone(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["generator.safetensors", "model.json"]
     meta = json.loads((out / "model.json").read_text())
     assert meta["architecture"] == {"resolution": 16, "nf": 8, "z_dim": 100, "text_dim": 384,
-                                    "channel_mult": [8, 4, 2]}
+                                    "channel_mult": [8, 4, 2], "text_stem": False}
     assert meta["train_config"]["steps"] == 2 and meta["dataset_version"] == "two-captions" and meta["code_version"]
     g, _ = load_generator(out)
     z, t = torch.randn(3, 100), torch.randn(3, 384)
