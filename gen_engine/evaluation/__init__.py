@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from scipy import linalg
 
-from gen_engine.models.encoder import ImageEncoder, train_encoder
+from gen_engine.models.encoder import ImageEncoder, load_encoder, save_encoder, train_encoder
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +87,16 @@ def append_metrics(path: Path, step: int, metrics: dict[str, Any]) -> None:
 
 def cached_encoder(data: Any, cache_dir: Path) -> tuple[ImageEncoder, dict[str, list[str]]]:
     """The evaluation encoder of a dataset version: trained once, then loaded (safetensors + JSON)."""
-    from safetensors.torch import load_file, save_file
-
     key = data.dataset_version_id or data.version.replace(":", "-")
     w, meta = cache_dir / f"{key}.safetensors", cache_dir / f"{key}.json"
     labels, vocab = data.labels() if data.attributes else ({}, {})
     if w.exists() and meta.exists():
         vocab = json.loads(meta.read_text())["vocab"]
-        enc = ImageEncoder(heads={k: len(v) for k, v in vocab.items()})
-        enc.load_state_dict(load_file(w))
-        return enc.eval(), vocab
+        enc = load_encoder(w, heads={k: len(v) for k, v in vocab.items()})
+        return enc, vocab
     enc = train_encoder(data.images, data.text, labels)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, w)
+    save_encoder(enc, w)
     meta.write_text(json.dumps({"vocab": vocab, "dataset": key}))
     return enc, vocab
 

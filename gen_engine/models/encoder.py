@@ -10,6 +10,8 @@ Two users, two separately trained instances:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -38,6 +40,22 @@ class ImageEncoder(nn.Module):
         return {k: head(h) for k, head in self.heads.items()}
 
 
+def save_encoder(enc: ImageEncoder, path: Path) -> None:
+    """Weights as safetensors (no pickle); the architecture is the class's, heads as the caller records."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, path)
+
+
+def load_encoder(path: Path, heads: dict[str, int] | None = None) -> ImageEncoder:
+    from safetensors.torch import load_file
+
+    enc = ImageEncoder(heads=heads)
+    enc.load_state_dict(load_file(path))
+    return enc.eval()
+
+
 def info_nce(img: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE of unit image embeddings against their captions (the batch's others as negatives)."""
     logits = logit_scale.exp().clamp(max=100.0) * (img.float() @ text.float().T)
@@ -46,8 +64,7 @@ def info_nce(img: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -
 
 
 def train_encoder(images: torch.Tensor, text: torch.Tensor, labels: dict[str, torch.Tensor] | None = None,
-                  steps: int = 1500, batch: int = 128, seed: int = 0, augment: str = "",
-                  width: int = 32) -> ImageEncoder:
+                  steps: int = 1500, batch: int = 128, seed: int = 0, augment: str = "") -> ImageEncoder:
     """Contrastive (symmetric InfoNCE) against fixed caption embeddings, plus attribute cross-entropy.
 
     Random horizontal flips always; ``augment`` adds a DiffAugment policy (e.g. "translation").
@@ -56,7 +73,7 @@ def train_encoder(images: torch.Tensor, text: torch.Tensor, labels: dict[str, to
 
     torch.manual_seed(seed)
     labels = labels or {}
-    enc = ImageEncoder(width=width, heads={k: int(v.max()) + 1 for k, v in labels.items()})
+    enc = ImageEncoder(heads={k: int(v.max()) + 1 for k, v in labels.items()})
     opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
     n = images.shape[0]
     g = torch.Generator().manual_seed(seed)

@@ -26,7 +26,7 @@ import yaml
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from gen_engine.models.encoder import ImageEncoder, info_nce, train_encoder
+from gen_engine.models.encoder import ImageEncoder, info_nce, load_encoder, save_encoder, train_encoder
 from gen_engine.models.gan import Discriminator, GANConfig, Generator
 from gen_engine.models.noise import seed_noise
 from gen_engine.training.augment import diff_augment
@@ -284,19 +284,15 @@ class Trainer:
     def _guide(self) -> ImageEncoder:
         """The frozen guidance encoder of this run: trained once on its data, kept in the run folder (so a
         resumed run uses exactly the same one)."""
-        from safetensors.torch import load_file, save_file
-
         path = self.run_dir / "guide.safetensors"
         if path.exists():
-            enc = ImageEncoder()
-            enc.load_state_dict(load_file(path))
+            enc = load_encoder(path)
         else:
             t0 = time.monotonic()
             log.info("training the guide encoder (%d steps) ...", self.cfg.guide_steps)
             enc = train_encoder(self.data.images, self.data.text, steps=self.cfg.guide_steps,
                                 seed=self.cfg.seed + 1, augment="translation")
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, path)
+            save_encoder(enc, path)
             self.guide_seconds = time.monotonic() - t0
             log.info("guide encoder trained in %.0fs", self.guide_seconds)
         return enc.eval().requires_grad_(False).to(self.device)

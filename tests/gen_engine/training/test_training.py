@@ -29,6 +29,13 @@ def two_caption_data(n: int = 256, px: int = 16) -> TrainData:
     return TrainData(torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous(), text, caps, "two-captions")
 
 
+def assert_same_weights(straight: Trainer, resumed: Trainer) -> None:
+    for name in ("g", "d", "g_ema"):
+        for (k, a), b in zip(getattr(straight, name).state_dict().items(),
+                             getattr(resumed, name).state_dict().values(), strict=True):
+            assert torch.equal(a, b), f"{name}.{k} differs after resume"
+
+
 def test_resume_is_exact(tmp_path: Path) -> None:
     """2N steps in one go == N steps, save, a fresh process-equivalent trainer resumes, N more steps."""
     cfg = TrainConfig.from_yaml(REPO / "configs" / "tiny.yaml", steps=6, eval_every=3)
@@ -41,10 +48,7 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     resumed = Trainer(cfg, data, tmp_path / "b")
     assert resumed.resume() and resumed.step == 3
     resumed.train(progress=False)
-    for name in ("g", "d", "g_ema"):
-        for (k, a), b in zip(getattr(straight, name).state_dict().items(),
-                             getattr(resumed, name).state_dict().values(), strict=True):
-            assert torch.equal(a, b), f"{name}.{k} differs after resume"
+    assert_same_weights(straight, resumed)
     assert (tmp_path / "b" / "loss_curve.png").stat().st_size > 0
     assert sorted(p.name for p in (tmp_path / "b").glob("samples_*.png")) == ["samples_0000003.png",
                                                                              "samples_0000006.png"]
@@ -96,10 +100,7 @@ def test_guide_encoder_is_trained_once_per_run_stays_frozen_and_resume_stays_exa
     resumed = Trainer(cfg, data, tmp_path / "b")
     assert resumed.resume() and resumed.step == 3
     resumed.train(progress=False)
-    for name in ("g", "d", "g_ema"):
-        for (k, a), b in zip(getattr(straight, name).state_dict().items(),
-                             getattr(resumed, name).state_dict().values(), strict=True):
-            assert torch.equal(a, b), f"{name}.{k} differs after resume"
+    assert_same_weights(straight, resumed)
 
 
 def test_model_artifact_rebuilds_from_itself_alone(tmp_path: Path) -> None:
