@@ -89,4 +89,7 @@ class FoldedGenerator(Generator):
         nn.Module.__init__(self)  # not Generator.__init__: the layers are g's own, not fresh ones
         self.cfg = g.cfg
         self.fc, self.to_rgb = g.fc, g.to_rgb
+        if g.cfg.text_norm:
+            self.register_buffer("text_mean", g.text_mean)
+            self.register_buffer("text_scale", g.text_scale)
         self.blocks = nn.ModuleList(FoldedBlock(b, 4 * 2**i) for i, b in enumerate(g.blocks))

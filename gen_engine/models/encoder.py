@@ -40,12 +40,21 @@ class ImageEncoder(nn.Module):
         return {k: head(h) for k, head in self.heads.items()}
 
 
-def save_encoder(enc: ImageEncoder, path: Path) -> None:
-    """Weights as safetensors (no pickle); the architecture is the class's, heads as the caller records."""
+def save_encoder(enc: ImageEncoder, path: Path, meta: dict[str, str] | None = None) -> None:
+    """Weights as safetensors (no pickle); the architecture is the class's, heads as the caller records.
+    ``meta``: what the encoder was trained on, kept in the file's header (`encoder_meta`)."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, path)
+    save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, path, metadata=meta)
+
+
+def encoder_meta(path: Path) -> dict[str, str]:
+    """The header metadata `save_encoder` wrote (empty if none)."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return f.metadata() or {}
 
 
 def load_encoder(path: Path, heads: dict[str, int] | None = None) -> ImageEncoder:
@@ -64,30 +73,32 @@ def info_nce(img: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -
 
 
 def train_encoder(images: torch.Tensor, text: torch.Tensor, labels: dict[str, torch.Tensor] | None = None,
-                  steps: int = 1500, batch: int = 128, seed: int = 0, augment: str = "") -> ImageEncoder:
+                  steps: int = 1500, batch: int = 128, seed: int = 0, augment: str = "",
+                  device: torch.device | str = "cpu") -> ImageEncoder:
     """Contrastive (symmetric InfoNCE) against fixed caption embeddings, plus attribute cross-entropy.
 
     Random horizontal flips always; ``augment`` adds a DiffAugment policy (e.g. "translation").
+    Batches are drawn on the CPU (the same ones on any device); the encoder trains on ``device``.
     """
     from gen_engine.training.augment import diff_augment
 
     torch.manual_seed(seed)
     labels = labels or {}
-    enc = ImageEncoder(heads={k: int(v.max()) + 1 for k, v in labels.items()})
+    enc = ImageEncoder(heads={k: int(v.max()) + 1 for k, v in labels.items()}).to(device)
     opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
     n = images.shape[0]
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         idx = torch.randint(0, n, (min(batch, n),), generator=g)
-        x = images[idx].float() / 127.5 - 1
+        x = images[idx].to(device).float() / 127.5 - 1
         if torch.rand(1, generator=g).item() < 0.5:
             x = x.flip(3)
         x = diff_augment(x, augment, g)
         h = enc.body(x)
-        loss = info_nce(F.normalize(enc.proj(h), dim=1), text[idx], enc.logit_scale)
+        loss = info_nce(F.normalize(enc.proj(h), dim=1), text[idx].to(device), enc.logit_scale)
         for k, head in enc.heads.items():
-            loss = loss + F.cross_entropy(head(h), labels[k][idx])
+            loss = loss + F.cross_entropy(head(h), labels[k][idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return enc.eval()
+    return enc.cpu().eval()

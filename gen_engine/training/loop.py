@@ -26,7 +26,14 @@ import yaml
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from gen_engine.models.encoder import ImageEncoder, info_nce, load_encoder, save_encoder, train_encoder
+from gen_engine.models.encoder import (
+    ImageEncoder,
+    encoder_meta,
+    info_nce,
+    load_encoder,
+    save_encoder,
+    train_encoder,
+)
 from gen_engine.models.gan import Discriminator, GANConfig, Generator
 from gen_engine.models.noise import seed_noise
 from gen_engine.training.augment import diff_augment
@@ -60,6 +67,8 @@ class TrainConfig(BaseModel):
     channel_mult: tuple[int, ...] | None = Field(
         None, description="Channels per stage (4x4 upward) as multiples of nf; unset = DF-GAN's ladder.")
     text_stem: bool = Field(False, description="The generator's 4x4 stem sees the caption too (GANConfig).")
+    text_norm: bool = Field(False, description="G and D's conditional head see the caption embedding centred "
+                                               "and scaled by the training captions' statistics (GANConfig).")
     contrastive_weight: float = Field(
         0.0, ge=0, description="Weight of the image-text contrastive term (XMC-GAN, LAFITE): D learns to embed "
                                "real images next to their captions, G is pushed to make its images embed next "
@@ -88,7 +97,8 @@ class TrainConfig(BaseModel):
     @property
     def gan(self) -> GANConfig:
         extra = {"channel_mult": self.channel_mult} if self.channel_mult else {}
-        return GANConfig(resolution=self.resolution, nf=self.nf, text_stem=self.text_stem, **extra)
+        return GANConfig(resolution=self.resolution, nf=self.nf, text_stem=self.text_stem,
+                         text_norm=self.text_norm, **extra)
 
 
 def code_version() -> str:
@@ -209,11 +219,12 @@ def d_loss(g: Generator, d: Discriminator, real: torch.Tensor, text: torch.Tenso
     with torch.no_grad():
         fake = g(z, text)
     real_a = diff_augment(real, cfg.diffaug, aug).requires_grad_(with_gp)
-    text_gp = text.clone().requires_grad_(with_gp)
+    cond = g.norm_text(text)  # D's conditional head sees the caption as G does
+    text_gp = cond.clone().requires_grad_(with_gp)
     feats_real = d.features(real_a)
     out_real = d.score(feats_real, text_gp)
-    out_mis = d.score(feats_real, torch.roll(text, 1, dims=0))  # mismatched captions
-    out_fake = d(diff_augment(fake, cfg.diffaug, aug), text)
+    out_mis = d.score(feats_real, torch.roll(cond, 1, dims=0))  # mismatched captions
+    out_fake = d(diff_augment(fake, cfg.diffaug, aug), cond)
     loss_real = F.relu(1.0 - out_real).mean()
     loss_fake = F.relu(1.0 + out_fake).mean()
     loss_mis = F.relu(1.0 + out_mis).mean()
@@ -237,7 +248,7 @@ def g_loss(g: Generator, d: Discriminator, text: torch.Tensor, z: torch.Tensor, 
     """Adversarial hinge (G side) plus, if configured, the contrastive and guidance pulls toward the captions."""
     fake = diff_augment(g(z, text), cfg.diffaug, aug)
     feats = d.features(fake)
-    loss, logs = -d.score(feats, text).mean(), {}
+    loss, logs = -d.score(feats, g.norm_text(text)).mean(), {}
     if cfg.contrastive_weight:
         con = contrastive_loss(d, feats, text)
         loss = loss + cfg.contrastive_weight * con
@@ -270,7 +281,10 @@ class Trainer:
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.device = pick_device(device)
         torch.manual_seed(cfg.seed)
-        self.g = Generator(cfg.gan).to(self.device)
+        self.g = Generator(cfg.gan)
+        if cfg.text_norm:
+            self.g.fit_text_norm(data.text)
+        self.g = self.g.to(self.device)
         self.d = Discriminator(cfg.gan).to(self.device)
         self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_g, betas=cfg.betas)
@@ -283,16 +297,21 @@ class Trainer:
 
     def _guide(self) -> ImageEncoder:
         """The frozen guidance encoder of this run: trained once on its data, kept in the run folder (so a
-        resumed run uses exactly the same one)."""
+        resumed run uses exactly the same one). A guide file trained on other data or settings (a run
+        folder reused for a new dataset) is replaced, not reused."""
         path = self.run_dir / "guide.safetensors"
-        if path.exists():
+        key = {"data_version": self.data.version, "steps": str(self.cfg.guide_steps), "seed": str(self.cfg.seed + 1)}
+        if path.exists() and encoder_meta(path) == key:
             enc = load_encoder(path)
         else:
+            if path.exists():
+                log.warning("%s was trained for %s, this run needs %s: training a new guide", path,
+                            encoder_meta(path) or "unrecorded data", key)
             t0 = time.monotonic()
             log.info("training the guide encoder (%d steps) ...", self.cfg.guide_steps)
             enc = train_encoder(self.data.images, self.data.text, steps=self.cfg.guide_steps,
-                                seed=self.cfg.seed + 1, augment="translation")
-            save_encoder(enc, path)
+                                seed=self.cfg.seed + 1, augment="translation", device=self.device)
+            save_encoder(enc, path, key)
             self.guide_seconds = time.monotonic() - t0
             log.info("guide encoder trained in %.0fs", self.guide_seconds)
         return enc.eval().requires_grad_(False).to(self.device)

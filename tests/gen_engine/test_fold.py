@@ -15,13 +15,16 @@ from gen_engine.models.gan import GANConfig, Generator
 from gen_engine.training.checkpoint import save_model
 
 
-def _trained_like(res: int, nf: int, seed: int = 0, text_stem: bool = False) -> Generator:
-    """A generator whose text affines are not the identity (as after training), so folding them is tested."""
+def _trained_like(res: int, nf: int, seed: int = 0, text_stem: bool = False, text_norm: bool = False) -> Generator:
+    """A generator whose text affines are not the identity (as after training), so folding them is tested;
+    with ``text_norm``, fitted caption statistics (not the identity either)."""
     torch.manual_seed(seed)
-    g = Generator(GANConfig(resolution=res, nf=nf, text_stem=text_stem)).eval()
+    g = Generator(GANConfig(resolution=res, nf=nf, text_stem=text_stem, text_norm=text_norm)).eval()
     with torch.no_grad():
         for p in g.parameters():
             p.add_(0.02 * torch.randn_like(p))
+    if text_norm:
+        g.fit_text_norm(torch.nn.functional.normalize(torch.randn(64, 384) + 2.0, dim=1))
     return g
 
 
@@ -33,7 +36,7 @@ def _flops(net: torch.nn.Module, cfg: GANConfig) -> int:
 
 @pytest.mark.parametrize(("res", "nf", "text_stem"), [(16, 4, False), (32, 8, True), (64, 4, False)])
 def test_folded_generator_computes_the_same_images(res: int, nf: int, text_stem: bool) -> None:
-    g = _trained_like(res, nf, text_stem=text_stem)
+    g = _trained_like(res, nf, text_stem=text_stem, text_norm=text_stem)  # shapes32 turns both on
     z, text = torch.randn(5, 100), torch.nn.functional.normalize(torch.randn(5, 384), dim=1)
     with torch.inference_mode():
         ref, got = g(z, text), FoldedGenerator(g)(z, text)

@@ -21,9 +21,9 @@ from gen_engine.training.loop import seed_noise
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(3)
-    d = save_model(tmp_path_factory.mktemp("m") / "model",
-                   Generator(GANConfig(resolution=32, nf=8, text_stem=True)),  # as configs/shapes32.yaml
-                   {"name": "generator"})
+    g = Generator(GANConfig(resolution=32, nf=8, text_stem=True, text_norm=True))  # as configs/shapes32.yaml
+    g.fit_text_norm(torch.nn.functional.normalize(torch.randn(64, 384) + 2.0, dim=1))
+    d = save_model(tmp_path_factory.mktemp("m") / "model", g, {"name": "generator"})
     report = compile_model(d)
     assert report["onnx"]["parity"]["passed"]
     return d

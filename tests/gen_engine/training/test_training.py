@@ -103,17 +103,32 @@ def test_guide_encoder_is_trained_once_per_run_stays_frozen_and_resume_stays_exa
     assert_same_weights(straight, resumed)
 
 
+def test_a_guide_trained_on_other_data_is_not_reused(tmp_path: Path) -> None:
+    """A run folder reused for another dataset gets a new guide: the file records what it was trained on."""
+    from gen_engine.models.encoder import encoder_meta
+
+    cfg = TrainConfig.from_yaml(REPO / "configs" / "tiny.yaml", steps=1, guide_weight=1.0, guide_steps=3)
+    first = Trainer(cfg, two_caption_data(32), tmp_path)
+    assert encoder_meta(tmp_path / "guide.safetensors")["data_version"] == "two-captions"
+    other = two_caption_data(32)
+    other.version = "other-data"
+    second = Trainer(cfg, other, tmp_path)
+    assert second.guide_seconds > 0 and encoder_meta(tmp_path / "guide.safetensors")["data_version"] == "other-data"
+    assert first.guide_seconds > 0 and Trainer(cfg, other, tmp_path).guide_seconds == 0  # same data: loaded
+
+
 def test_model_artifact_rebuilds_from_itself_alone(tmp_path: Path) -> None:
-    cfg = TrainConfig.from_yaml(REPO / "configs" / "tiny.yaml", steps=2, channel_mult=(8, 4, 2))
+    cfg = TrainConfig.from_yaml(REPO / "configs" / "tiny.yaml", steps=2, channel_mult=(8, 4, 2), text_norm=True)
     trainer = Trainer(cfg, two_caption_data(16), tmp_path / "run")
     trainer.train(progress=False)
     out = trainer.export()
     assert sorted(p.name for p in out.iterdir()) == ["generator.safetensors", "model.json"]
     meta = json.loads((out / "model.json").read_text())
     assert meta["architecture"] == {"resolution": 16, "nf": 8, "z_dim": 100, "text_dim": 384,
-                                    "channel_mult": [8, 4, 2], "text_stem": False}
+                                    "channel_mult": [8, 4, 2], "text_stem": False, "text_norm": True}
     assert meta["train_config"]["steps"] == 2 and meta["dataset_version"] == "two-captions" and meta["code_version"]
     g, _ = load_generator(out)
+    assert torch.equal(g.text_mean, trainer.data.text.mean(0)) and g.text_scale.item() > 1  # fitted, and kept
     z, t = torch.randn(3, 100), torch.randn(3, 384)
     with torch.no_grad():
         assert torch.equal(g(z, t), trainer.g_ema(z, t))
@@ -214,3 +229,18 @@ def test_contrastive_term_aligns_discriminator_embeddings_and_speeds_up_learning
         red, blue = trainer.g_ema(z, red_t.repeat(32, 1)), trainer.g_ema(z, blue_t.repeat(32, 1))
     redness = lambda x: (x[:, 0] - x[:, 2]).mean().item()  # noqa: E731
     assert redness(red) - redness(blue) > 0.3, (redness(red), redness(blue))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16 autocast is the GPU path)")
+def test_cuda_training_runs_under_bf16_autocast_with_the_guide_trained_on_the_gpu(tmp_path: Path) -> None:
+    cfg = TrainConfig.from_yaml(REPO / "configs" / "tiny.yaml", steps=4, eval_every=10**6, guide_weight=1.0,
+                                guide_steps=5, text_stem=True)
+    trainer = Trainer(cfg, two_caption_data(32), tmp_path, device="cuda")
+    assert trainer.autocast and next(trainer.guide.parameters()).is_cuda
+    before = next(trainer.g.parameters()).detach().clone()
+    logs = [trainer.train_step() for _ in range(cfg.steps)]
+    assert all(np.isfinite(v) for rec in logs for v in rec.values())
+    assert not torch.equal(before, next(trainer.g.parameters()))
+    with torch.no_grad():
+        out = trainer.g_ema(torch.randn(2, 100, device="cuda"), trainer.data.text[:2].cuda())
+    assert out.dtype == torch.float32 and out.is_cuda
