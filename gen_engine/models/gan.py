@@ -142,8 +142,9 @@ class Generator(nn.Module):
         picture per prompt whatever the seed.
         """
         mean = text.float().mean(0)
+        spread = float((text.float() - mean).pow(2).mean().sqrt())
         self.text_mean.copy_(mean)
-        self.text_scale.fill_(rms * float((text.float() - mean).pow(2).mean().rsqrt()))
+        self.text_scale.fill_(rms / spread if spread > 0 else 1.0)  # one distinct caption: nothing to scale
 
     def forward(self, z: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """(B, z_dim), (B, text_dim) -> (B, 3, R, R) in [-1, 1]."""

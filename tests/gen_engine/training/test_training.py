@@ -137,6 +137,18 @@ def test_model_artifact_rebuilds_from_itself_alone(tmp_path: Path) -> None:
             assert f.suffix in {".safetensors", ".json", ".png"}, f"unexpected artifact {f}"
 
 
+def test_text_norm_fits_the_captions_and_survives_a_single_caption() -> None:
+    from gen_engine.models.gan import GANConfig, Generator
+
+    g = Generator(GANConfig(resolution=16, nf=4, text_norm=True))
+    text = torch.nn.functional.normalize(torch.randn(50, 384) + 3.0, dim=1)
+    g.fit_text_norm(text)
+    seen = g.norm_text(text)
+    assert seen.mean(0).abs().max() < 1e-5 and abs(seen.pow(2).mean().sqrt().item() - 0.25) < 1e-4
+    g.fit_text_norm(text[:1].repeat(8, 1))  # one distinct caption: nothing to spread, still finite
+    assert torch.isfinite(g(torch.randn(2, 100), text[:2])).all()
+
+
 def test_channel_ladder_is_checked() -> None:
     from gen_engine.models.gan import GANConfig
 
