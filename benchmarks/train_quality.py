@@ -108,12 +108,8 @@ def main() -> None:
     ap.add_argument("--eval-only", action="store_true", help="Evaluate the last run again (no training).")
     a = ap.parse_args()
 
-    import numpy as np
-    import torch
-
     from gen_engine.datasets.synth import write_imagefolder
-    from gen_engine.evaluation import append_metrics, evaluate, train_encoder
-    from gen_engine.models.noise import seed_noise
+    from gen_engine.evaluation import append_metrics, evaluate, render_heldout, train_encoder
     from gen_engine.runtime import TorchBackend
     from gen_engine.training.loop import TrainConfig, TrainData, Trainer
 
@@ -157,10 +153,7 @@ def main() -> None:
     real = evaluate(RealImages(held.images), held, enc, held_labels)  # the evaluator's ceiling
     print("second judge ...", flush=True)
     judge = second_judge(train.images, labels)
-    z = np.stack([seed_noise(i, 100) for i in range(len(held))])  # the seeds evaluate() uses
-    fake = np.concatenate([backend.render(z[i : i + 64], held.text[i : i + 64].numpy())
-                           for i in range(0, len(held), 64)])
-    judge2 = {"generated": judge(torch.from_numpy(fake).permute(0, 3, 1, 2), held_labels),
+    judge2 = {"generated": judge(render_heldout(backend.render, held, len(held)), held_labels),
               "real": judge(held.images, held_labels)}
     append_metrics(run / "metrics.jsonl", trainer.step, {"split": "heldout", **gen})
     tp = {f"{r}px_nf{nf}": throughput(cfg, r, nf) for r in (32, 64) for nf in sorted({cfg.nf, 32})}

@@ -25,6 +25,7 @@ import torch
 from scipy import linalg
 
 from gen_engine.models.encoder import ImageEncoder, load_encoder, save_encoder, train_encoder
+from gen_engine.models.noise import seed_noise
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +57,21 @@ def encode(enc: ImageEncoder, images: torch.Tensor, batch: int = 256) -> np.ndar
     return np.concatenate(chunks)
 
 
-def evaluate(render: Any, data: Any, enc: ImageEncoder, labels: dict[str, torch.Tensor] | None = None,
-             n: int = 1000) -> dict[str, float]:
-    """Metrics of a backend (``render(z, text) -> uint8 NHWC``) on held-out ``data`` (a TrainData)."""
-    from gen_engine.training.loop import seed_noise
-
-    t0 = time.monotonic()
-    n = min(n, len(data))
+def render_heldout(render: Any, data: Any, n: int) -> torch.Tensor:
+    """One image per held-out caption (the first ``n``), seed = index: (n, 3, R, R) uint8."""
     text = data.text[:n].numpy()
     z = np.stack([seed_noise(i, 100) for i in range(n)])
     fake = np.concatenate([render(z[i : i + 64], text[i : i + 64]) for i in range(0, n, 64)])
-    fake_t = torch.from_numpy(fake).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(fake).permute(0, 3, 1, 2).contiguous()
+
+
+def evaluate(render: Any, data: Any, enc: ImageEncoder, labels: dict[str, torch.Tensor] | None = None,
+             n: int = 1000) -> dict[str, float]:
+    """Metrics of a backend (``render(z, text) -> uint8 NHWC``) on held-out ``data`` (a TrainData)."""
+    t0 = time.monotonic()
+    n = min(n, len(data))
+    text = data.text[:n].numpy()
+    fake_t = render_heldout(render, data, n)
     real_f, fake_f = encode(enc, data.images[:n]), encode(enc, fake_t)
     out = {"fd": frechet_distance(real_f, fake_f), "r_precision": r_precision(fake_f, text, data.captions[:n]),
            "cosine": float((fake_f * text).sum(1).mean()), "n": n,

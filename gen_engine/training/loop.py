@@ -301,12 +301,13 @@ class Trainer:
         folder reused for a new dataset) is replaced, not reused."""
         path = self.run_dir / "guide.safetensors"
         key = {"data_version": self.data.version, "steps": str(self.cfg.guide_steps), "seed": str(self.cfg.seed + 1)}
-        if path.exists() and encoder_meta(path) == key:
+        stored = encoder_meta(path) if path.exists() else None
+        if stored == key:
             enc = load_encoder(path)
         else:
-            if path.exists():
+            if stored is not None:
                 log.warning("%s was trained for %s, this run needs %s: training a new guide", path,
-                            encoder_meta(path) or "unrecorded data", key)
+                            stored or "unrecorded data", key)
             t0 = time.monotonic()
             log.info("training the guide encoder (%d steps) ...", self.cfg.guide_steps)
             enc = train_encoder(self.data.images, self.data.text, steps=self.cfg.guide_steps,
