@@ -213,11 +213,11 @@ def contrastive_loss(d: Discriminator, feats: torch.Tensor, text: torch.Tensor) 
     return info_nce(d.embed(feats), text, d.logit_scale)
 
 
-def d_loss(g: Generator, d: Discriminator, real: torch.Tensor, text: torch.Tensor, z: torch.Tensor,
+def d_loss(g: Generator, d: Discriminator, real: torch.Tensor, fake: torch.Tensor, text: torch.Tensor,
            cfg: TrainConfig, aug: torch.Generator, with_gp: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
-    """Hinge loss on real/fake/mismatched pairs plus (``with_gp``) the matching-aware gradient penalty."""
-    with torch.no_grad():
-        fake = g(z, text)
+    """Hinge loss on real/fake/mismatched pairs plus (``with_gp``) the matching-aware gradient penalty.
+
+    ``fake`` is G's output for ``text``, detached: D's step does not reach into G."""
     real_a = diff_augment(real, cfg.diffaug, aug).requires_grad_(with_gp)
     cond = g.norm_text(text)  # D's conditional head sees the caption as G does
     text_gp = cond.clone().requires_grad_(with_gp)
@@ -243,10 +243,12 @@ def d_loss(g: Generator, d: Discriminator, real: torch.Tensor, text: torch.Tenso
     return loss, logs
 
 
-def g_loss(g: Generator, d: Discriminator, text: torch.Tensor, z: torch.Tensor, cfg: TrainConfig,
+def g_loss(g: Generator, d: Discriminator, fake: torch.Tensor, text: torch.Tensor, cfg: TrainConfig,
            aug: torch.Generator, guide: ImageEncoder | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Adversarial hinge (G side) plus, if configured, the contrastive and guidance pulls toward the captions."""
-    fake = diff_augment(g(z, text), cfg.diffaug, aug)
+    """Adversarial hinge (G side) plus, if configured, the contrastive and guidance pulls toward the captions.
+
+    ``fake`` is G's output for ``text`` with its graph, the same tensor D's step saw detached."""
+    fake = diff_augment(fake, cfg.diffaug, aug)
     feats = d.features(fake)
     loss, logs = -d.score(feats, g.norm_text(text)).mean(), {}
     if cfg.contrastive_weight:
@@ -340,14 +342,17 @@ class Trainer:
         real, text = real.to(dev), text.to(dev)
         rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
         z = torch.randn(cfg.batch_size, cfg.gan.z_dim, generator=rng).to(dev)
+        # One generator forward serves both steps: D's step sees it detached, G's step backpropagates
+        # through it. G's weights do not change in between, so this is the fake a second forward would give.
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
-            loss_d, logs = d_loss(self.g, self.d, real, text, z, cfg, rng,
+            fake = self.g(z, text)
+            loss_d, logs = d_loss(self.g, self.d, real, fake.detach(), text, cfg, rng,
                                   with_gp=self.step % cfg.magp_every == 0)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
-            loss_g, logs_g = g_loss(self.g, self.d, text, z, cfg, rng, self.guide)
+            loss_g, logs_g = g_loss(self.g, self.d, fake, text, cfg, rng, self.guide)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
