@@ -70,6 +70,7 @@ class TrainConfig(BaseModel):
     text_stem: bool = Field(False, description="The generator's 4x4 stem sees the caption too (GANConfig).")
     text_norm: bool = Field(False, description="G and D's conditional head see the caption embedding centred "
                                                "and scaled by the training captions' statistics (GANConfig).")
+    d_res_init: float = Field(0.0, description="Initial gain of D's residual branches (see Discriminator).")
     contrastive_weight: float = Field(
         0.0, ge=0, description="Weight of the image-text contrastive term (XMC-GAN, LAFITE): D learns to embed "
                                "real images next to their captions, G is pushed to make its images embed next "
@@ -288,7 +289,7 @@ class Trainer:
         if cfg.text_norm:
             self.g.fit_text_norm(data.text)
         self.g = self.g.to(self.device)
-        self.d = Discriminator(cfg.gan).to(self.device)
+        self.d = Discriminator(cfg.gan, cfg.d_res_init).to(self.device)
         self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_g, betas=cfg.betas)
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr_d, betas=cfg.betas)
