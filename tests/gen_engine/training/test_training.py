@@ -157,21 +157,22 @@ def test_channel_ladder_is_checked() -> None:
         GANConfig(resolution=64, nf=4, channel_mult=(8, 8, 4, 2))
 
 
-def test_discriminator_is_nonlinear_from_the_start_with_a_residual_gain() -> None:
+def test_discriminator_is_nonlinear_from_the_start_with_a_residual_gain(tmp_path: Path) -> None:
     """With DF-GAN's zero residual gain D's features are an affine map of the image (f(x + y) = f(x) + f(y)
     - f(0)): it cannot see shapes until the gains grow, which in a CPU budget they did not. d_res_init = 1
     makes D a residual network from the first step; the trainer passes the setting through."""
     from gen_engine.models.gan import Discriminator, GANConfig
 
-    x, y, zero = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16), torch.zeros(2, 3, 16, 16)
     torch.manual_seed(0)
+    x, y, zero = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16), torch.zeros(2, 3, 16, 16)
     with torch.no_grad():
         for gain, affine in ((0.0, True), (1.0, False)):
             f = Discriminator(GANConfig(resolution=16, nf=4), res_init=gain).features
             gap = (f(x + y) - (f(x) + f(y) - f(zero))).abs().max().item()
             assert (gap < 1e-4) == affine, (gain, gap)
     cfg = TrainConfig.from_yaml(REPO / "configs" / "tiny.yaml", d_res_init=1.0)
-    assert all(b.gamma.item() == 1.0 for b in Trainer(cfg, two_caption_data(8), Path("unused")).d.blocks)
+    assert all(b.gamma.item() == 1.0 for b in Trainer(cfg, two_caption_data(8), tmp_path).d.blocks)
+
 
 def test_no_pickle_in_model_io() -> None:
     """Model I/O never unpickles: no torch.load without weights_only, no pickle module."""
