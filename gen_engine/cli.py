@@ -27,8 +27,11 @@ app = typer.Typer(help="Campaign image factory: datasets -> GAN -> compiled engi
                   no_args_is_help=True, pretty_exceptions_enable=False)
 services_app = typer.Typer(help="The embedded local services (S3 server, Airflow home).", no_args_is_help=True)
 app.add_typer(services_app, name="services")
-dataset_app = typer.Typer(help="Datasets: synthesise, ingest, list.", no_args_is_help=True)
+dataset_app = typer.Typer(help="Datasets: build the starter artwork, synthesise, ingest, list.", no_args_is_help=True)
 app.add_typer(dataset_app, name="dataset")
+models_app = typer.Typer(help="Models: the shipped starter model, bootstrap of an empty registry.",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -136,6 +139,29 @@ def dataset_synth(
     console.print(f"wrote {n} images and {meta}")
 
 
+@dataset_app.command("starter")
+@friendly
+def dataset_starter(
+    out: Path = typer.Option(..., help="Folder to write (images/<set>/*.png, metadata.jsonl, card.json, LICENSES.md)."),
+    size: int = typer.Option(256, min=32, max=1024, help="Side of the rendered masters in pixels."),
+    sets: str = typer.Option("twemoji,openmoji", help="Artwork sets, comma-separated."),
+    languages: str = typer.Option("en,zh", help="Caption languages (CLDR names), comma-separated."),
+    skin_tones: bool = typer.Option(False, help="Also the skin-tone variants (~2,000 more people per set)."),
+    limit: int | None = typer.Option(None, min=1, help="At most this many artworks per set (a slice)."),
+) -> None:
+    """Build the starter dataset: openly licensed emoji artwork with CLDR captions, offline."""
+    from gen_engine.datasets.starter import SETS, build
+
+    chosen = tuple(x.strip() for x in sets.split(",") if x.strip())
+    unknown = [x for x in chosen if x not in SETS]
+    if unknown:
+        raise ValueError(f"unknown artwork set(s) {unknown}; choose from {sorted(SETS)}")
+    card = build(out, size=size, sets=chosen, skin_tones=skin_tones,
+                 languages=tuple(x.strip() for x in languages.split(",") if x.strip()), limit=limit)
+    console.print(f"wrote {card['images']} images ({card['captions']} captions) to {out}; licences in "
+                  f"{Path(out) / 'LICENSES.md'}")
+
+
 @dataset_app.command("ingest")
 @friendly
 def dataset_ingest(
@@ -196,6 +222,8 @@ def train(
     out: Path = typer.Option(..., help="Run folder; training resumes from its latest checkpoint."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     steps: int | None = typer.Option(None, help="Override the config's step count."),
+    init_from: str | None = typer.Option(None, help="Override the config's init_from: none, production (or another "
+                                                    "alias), a model id or a model folder."),
     publish: bool = typer.Option(False, help="Upload the model to S3 and register it in the lineage store."),
     alias: str | None = typer.Option(None, help="With --publish: point this alias (e.g. production) at it."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
@@ -203,16 +231,27 @@ def train(
     """Train (or resume) a generator; writes checkpoints, sample grids, a loss curve and model/."""
     from gen_engine.training.loop import TrainConfig, TrainData, Trainer
 
-    cfg = TrainConfig.from_yaml(config, **({"steps": steps} if steps else {}))
+    overrides: dict[str, Any] = {"steps": steps} if steps else {}
+    if init_from is not None:
+        overrides["init_from"] = init_from
+    cfg = TrainConfig.from_yaml(config, **overrides)
     if dry_run:
         typer.echo(json.dumps(cfg.model_dump(), indent=2))
         return
+    s = get_settings()
     if Path(data).is_dir():
-        train_data = TrainData.from_imagefolder(Path(data), cfg.resolution)
+        train_data = TrainData.from_imagefolder(Path(data), cfg.resolution, split="train")
     else:
-        s = get_settings()
         train_data = TrainData.from_curated(data, s, cfg.resolution)
-    trainer = Trainer(cfg, train_data, out, device=device)
+    init, parent = None, None
+    if cfg.init_from != "none":
+        from gen_engine import registry
+        from gen_engine.lineage import LineageStore
+        from gen_engine.storage import Storage
+
+        store = None if Path(cfg.init_from).is_dir() else Storage.from_settings(s)
+        init, parent = registry.resolve_init(cfg.init_from, s, store, LineageStore.from_settings(s))
+    trainer = Trainer(cfg, train_data, out, device=device, init=init, parent=parent)
     trainer.resume()
     trainer.train()
     model_dir = trainer.export()
@@ -232,6 +271,35 @@ def _publish(model_dir: Path, alias: str | None, dataset_version_id: str | None 
     console.print(f"published {row['model_id']} (version {row['version']}) to {row['uri']}"
                   + (f", alias {alias}" if alias else ""))
     return row
+
+
+@models_app.command("bootstrap")
+@friendly
+def models_bootstrap(
+    compile_it: bool = typer.Option(True, "--compile/--no-compile", help="Also compile it (ONNX) as a promotion does."),
+) -> None:
+    """Publish the shipped starter model as production when the registry has none (else do nothing)."""
+    from gen_engine.bootstrap import bootstrap
+    from gen_engine.lineage import LineageStore
+    from gen_engine.storage import Storage
+
+    s = get_settings()
+    r = bootstrap(s, Storage.from_settings(s), LineageStore.from_settings(s), compile_it=compile_it)
+    console.print(f"{r['reason']}; production = {r['model_id']} (version {r['version']})")
+
+
+@models_app.command("train-starter")
+@friendly
+def models_train_starter(
+    out: Path = typer.Option(Path("starter/model"), help="Where the shipped model goes."),
+    work: Path = typer.Option(Path(".local/starter"), help="Starter data and the training run (resumable)."),
+    device: str = typer.Option("cpu", help="cpu (reproducible on one kind of machine) | cuda | auto"),
+    steps: int | None = typer.Option(None, help="Override the recipe's step count (not for the shipped model)."),
+) -> None:
+    """Build the starter data and train the shipped starter model (configs/starter64.yaml, fixed steps)."""
+    from gen_engine.bootstrap import train_starter
+
+    console.print(f"starter model written to {train_starter(out, work, device=device, steps=steps)}")
 
 
 @app.command()

@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from gen_engine.config import Settings
+from gen_engine.datasets.images import split_of, square
 from gen_engine.datasets.readers import RawRecord, RawReject, read_drop
 from gen_engine.lineage import LineageStore
 from gen_engine.render.csvin import slugify
@@ -52,6 +53,7 @@ class CurationConfig:
     """What a curated version is made with; part of its version hash."""
 
     size: int = 64  # side of the stored training images (the largest training resolution)
+    master_size: int = 256  # side of the stored masters (never upscaled); 0 = no masters
     min_side: int = 32
     max_pixels: int = 40_000_000  # decompression-bomb guard, checked from the header before decoding
     max_bytes: int = 20 * 1024 * 1024
@@ -137,19 +139,9 @@ def check_image(data: bytes | None, cfg: CurationConfig) -> tuple[Image.Image, s
 
 
 def curate_image(img: Image.Image, size: int) -> bytes:
-    """RGB, centre-cropped to a square, resized (Lanczos) to size x size, as PNG."""
-    if img.mode in ("RGBA", "LA", "P"):
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGB", rgba.size, (255, 255, 255))
-        bg.paste(rgba, mask=rgba.split()[-1])
-        img = bg
-    else:
-        img = img.convert("RGB")
-    w, h = img.size
-    s = min(w, h)
-    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    """RGB (transparency composited onto white), centre-cropped to a square, resized (Lanczos), as PNG."""
     buf = io.BytesIO()
-    img.resize((size, size), Image.Resampling.LANCZOS).save(buf, "PNG", compress_level=1)
+    square(img, size).save(buf, "PNG", compress_level=1)
     return buf.getvalue()
 
 
@@ -210,8 +202,10 @@ def ingest(source: str, name: str, settings: Settings, store: Storage, lineage: 
                                             item.image or _raw_bytes(item)))
                 continue
             png = curate_image(img, cfg.size)
-            scratch.write(png)
-            images[sha] = {"offset": scratch.tell() - len(png), "length": len(png), "width": img.width,
+            master = curate_image(img, min(cfg.master_size, img.width, img.height)) if cfg.master_size else b""
+            scratch.write(png + master)
+            images[sha] = {"offset": scratch.tell() - len(png) - len(master), "length": len(png),
+                           "master_length": len(master), "width": img.width,
                            "height": img.height, "mode": img.mode, "format": img_format, "source": item.source,
                            "captions": [caption], "extra": [_jsonable(item.extra)]}
         accepted = sum(len(e["captions"]) for e in images.values())
@@ -308,11 +302,28 @@ def _publish(store: Storage, bucket: str, prefix: str, scratch: Any, images: dic
 
     total = sum(len(e["captions"]) for e in images.values())
     grid: list[tuple[bytes, str]] = []
+    masters: list[dict[str, Any]] = []
+    master_shards = 0
+
+    def flush_masters() -> None:
+        nonlocal master_shards, masters
+        out = io.BytesIO()
+        pl.DataFrame(masters, schema={"content_hash": pl.Utf8, "master": pl.Binary, "side": pl.Int64}).write_parquet(
+            out, compression="zstd")
+        store.put_bytes(bucket, f"{prefix}masters/part-{master_shards:05d}.parquet", out.getvalue(),
+                        content_type="application/vnd.apache.parquet")
+        master_shards, masters = master_shards + 1, []
+
     for sha in sorted(images):
         e = images[sha]
         scratch.seek(e["offset"])
         png = scratch.read(e["length"])
-        split = "val" if int(sha[:8], 16) % 100 < cfg.val_percent else "train"
+        if e["master_length"]:
+            masters.append({"content_hash": sha, "master": scratch.read(e["master_length"]),
+                            "side": min(cfg.master_size, e["width"], e["height"])})
+            if len(masters) >= cfg.shard_records // 4:  # masters are ~16x the bytes of a 64 px image
+                flush_masters()
+        split = split_of(sha, cfg.val_percent)
         for caption, extra in zip(e["captions"], e["extra"], strict=True):
             buf_rows.append({"image": png, "caption": caption, "content_hash": sha, "split": split,
                              "width": e["width"], "height": e["height"], "extra": json.dumps(extra)})
@@ -324,6 +335,8 @@ def _publish(store: Storage, bucket: str, prefix: str, scratch: Any, images: dic
                 flush()
     if buf_rows:
         flush()
+    if masters:
+        flush_masters()
     caption_lengths = [len(c) for e in images.values() for c in e["captions"]]
     sides = [min(e["width"], e["height"]) for e in images.values()]
     card = {
@@ -334,6 +347,10 @@ def _publish(store: Storage, bucket: str, prefix: str, scratch: Any, images: dic
         "curation": asdict(cfg), "caption_length_histogram": _histogram(caption_lengths, [0, 20, 40, 60, 80, 120, 200,
                                                                                             500, 1001]),
         "image_min_side_histogram": _histogram(sides, [0, 64, 128, 256, 512, 1024, 4096, 10**6]),
+        "masters": {"side": cfg.master_size, "shards": master_shards, "prefix": f"{prefix}masters/",
+                    "columns": ["content_hash", "master (PNG bytes, never upscaled)", "side"]} if cfg.master_size
+        else None,
+        "licenses": _licenses(images),
         "columns": ["image (PNG bytes)", "caption", "embedding (384 x float32, all-MiniLM-L6-v2)", "content_hash",
                     "split", "width", "height", "extra (JSON)"],
     }
@@ -346,6 +363,19 @@ def _publish(store: Storage, bucket: str, prefix: str, scratch: Any, images: dic
                     contact_sheet([(png, f"#{i}", cap) for i, (png, cap) in enumerate(grid)], cols=8, tile=96),
                     content_type="image/png")
     return card
+
+
+def _licenses(images: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Images per (source set, licence, attribution), from the records' own columns (the starter data has
+    them; other drops may not)."""
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for e in images.values():
+        x = e["extra"][0] if e["extra"] else {}
+        if x.get("license") or x.get("source_set"):
+            counts[(str(x.get("source_set", "")), str(x["license"]) if x.get("license") else "",
+                    str(x.get("attribution", "")))] += 1
+    return [{"source_set": s, "license": lic, "attribution": a, "images": n}
+            for (s, lic, a), n in sorted(counts.items())]
 
 
 def _histogram(values: list[int], edges: list[int]) -> dict[str, int]:
