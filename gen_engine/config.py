@@ -17,6 +17,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUCKET_ROLES = ("datasets", "models", "campaigns", "renders")
+REPO = Path(__file__).resolve().parent.parent
 
 
 class Settings(BaseSettings):
@@ -66,8 +67,13 @@ class Settings(BaseSettings):
     )
 
     # --- retraining (generator_retrain DAG) ------------------------------------------------------------
-    retrain_dataset: str = Field("shapes", description="Curated dataset the nightly retrain trains on.")
-    retrain_config: Path = Field(Path("configs/demo.yaml"), description="Training config of the nightly retrain.")
+    retrain_dataset: str = Field("starter", description="Curated dataset the nightly retrain trains on.")
+    retrain_config: Path = Field(REPO / "configs" / "demo.yaml", description="Training config of the nightly "
+                                 "retrain (the demo's: a short warm-started fine-tune of the starter model).")
+    starter_model_dir: Path = Field(REPO / "starter" / "model", description="The shipped starter model "
+                                    "(`genengine models bootstrap` publishes it when there is no production model).")
+    eval_encoder_steps: int = Field(1500, ge=1, description="Training steps of a dataset version's evaluation "
+                                                            "encoder (trained once per version, then cached).")
     retrain_device: str = Field("auto", description="auto | cpu | cuda")
     gate_max_fd_increase: float = Field(0.02, ge=0, description="Promote only if FD is worse by at most this fraction.")
     gate_max_r_precision_drop: float = Field(0.02, ge=0, description="... and R-precision drops by at most this.")

@@ -1,18 +1,22 @@
 """`make demo`: the whole factory on the embedded defaults (local S3, SQLite), run by Airflow's own scheduler.
 
 1. `airflow standalone` is started in the background (UI on http://127.0.0.1:8080; stopped by
-   `make services-down`) and the factory's DAGs are unpaused through the REST API;
-2. a synthetic captioned-shapes drop lands in s3://datasets/raw/shapes/ and a **dataset_ingest** run
-   is triggered through the REST API; it curates the drop and updates the curated dataset's Asset;
-3. that Asset event wakes **generator_retrain**, which trains the demo config (a few minutes on a CPU),
-   evaluates, gates, compiles and promotes the first model;
-4. examples/campaigns/spring_sale.csv lands in s3://campaigns/incoming/; **campaign_watch** (every
-   minute) claims it and triggers **campaign_render**, which renders it;
+   `make services-down`) and the factory's DAGs are unpaused through the REST API; an empty registry
+   gets the shipped starter model as production (`bootstrap`, compiled), so real images from the start;
+2. a slice of the starter artwork (the Symbols and Food & Drink emoji of both sets, built offline)
+   lands in s3://datasets/raw/starter/ and a **dataset_ingest** run is triggered through the REST API;
+   it curates the drop and updates the curated dataset's Asset;
+3. that Asset event wakes **generator_retrain**, which warm-starts from production, fine-tunes on the
+   new version (configs/demo.yaml, a couple of minutes on a CPU), evaluates challenger and champion,
+   gates, and compiles and promotes the challenger if it is not worse;
+4. examples/campaigns/spring_sale.csv (sticker prompts in English and Chinese, and some bad rows) lands
+   in s3://campaigns/incoming/; **campaign_watch** claims it (triggered at once rather than waiting for
+   its minute) and triggers **campaign_render**, which renders it;
 5. the gallery is copied to ./out/<campaign>/ and the locations and the UI login are printed.
 
 The demo itself only drops files, triggers and watches: every task runs under the scheduler, as in a
 deployment, and every run is in the UI. A second `make demo` reuses the curated version, skips
-retraining, and reuses the rendered images.
+retraining (the challenger for this data and config exists), and reuses the rendered images.
 """
 
 from __future__ import annotations
@@ -39,13 +43,16 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 CAMPAIGN_CSV = REPO / "examples" / "campaigns" / "spring_sale.csv"
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+DEMO_DATASET = "starter"
+DEMO_CATEGORIES = ("Symbols", "Food & Drink")  # hearts, circles, squares in many colours; cakes, fruit, ...
 
 
 def _airflow_env(s: Settings) -> dict[str, str]:
     # `airflow standalone` starts its components as `airflow` from PATH: put this environment's bin first.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return os.environ | {"PATH": path, "AIRFLOW_HOME": str(airflow_home(s)), "GEN_RETRAIN_CONFIG": str(DEMO_CONFIG),
-                         "GEN_RETRAIN_DATASET": "shapes", "GEN_INGEST_SCHEDULE": "@daily",
+                         "GEN_RETRAIN_DATASET": DEMO_DATASET, "GEN_INGEST_SCHEDULE": "@daily",
+                         "GEN_EVAL_ENCODER_STEPS": "300",
                          "PYTHONPATH": str(REPO / "plugins")}
 
 
@@ -91,19 +98,21 @@ def stop_standalone(s: Settings) -> bool:
 
 
 def _drop_zip(work: Path) -> Path:
-    """The synthetic shapes drop as an imagefolder zip (made once)."""
-    from gen_engine.datasets.synth import write_imagefolder
+    """The demo's dataset drop: a slice of the starter artwork as an imagefolder zip (made once)."""
+    from gen_engine.datasets.starter import build
 
-    z = work / "shapes-drop.zip"
+    z = work / "starter-drop.zip"
     if z.exists():
         return z
-    folder = work / "shapes32"
-    if not (folder / "metadata.jsonl").exists():
-        write_imagefolder(folder, n=2000, size=32, seed=0)
-    with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_STORED) as zf:
+    folder = work / "starter-slice"
+    if not (folder / "card.json").exists():
+        build(folder, categories=DEMO_CATEGORIES, progress=False)
+    tmp = z.with_suffix(".partial")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
         for p in sorted(folder.rglob("*")):
             if p.is_file():
                 zf.write(p, p.relative_to(folder).as_posix())
+    tmp.rename(z)
     return z
 
 
@@ -208,18 +217,24 @@ def run_demo(console: Console) -> dict:
     api = _connect(ui, password, console)
     console.print(f"Airflow is up at {ui}; the factory's DAGs are unpaused")
 
+    from gen_engine.bootstrap import bootstrap
+
+    boot = bootstrap(s, store, lineage)
+    console.print(f"registry: {boot['reason']}")
+
     console.rule("2/5 dataset_ingest")
-    store.put_file(s.bucket_datasets, "raw/shapes/demo-drop.zip", _drop_zip(work), content_type="application/zip")
+    store.put_file(s.bucket_datasets, f"raw/{DEMO_DATASET}/demo-drop.zip", _drop_zip(work),
+                   content_type="application/zip")
     ingest_started = time.time()
     run_id = api.trigger("dataset_ingest")
     if api.wait("dataset_ingest", run_id, console) != "success":
         raise RuntimeError(f"dataset_ingest failed; see {ui}/dags/dataset_ingest/runs/{run_id}")
-    v = lineage.dataset_version("shapes")
+    v = lineage.dataset_version(DEMO_DATASET)
     if v is None:
         raise RuntimeError("dataset_ingest did not produce a curated version; see the Airflow log of the run")
-    console.print(f"curated: shapes v{v['version']} ({v['n_records']} records) at {v['uri']}")
+    console.print(f"curated: {DEMO_DATASET} v{v['version']} ({v['n_records']} records) at {v['uri']}")
 
-    console.rule("3/5 generator_retrain (woken by the curated dataset's Asset; a few minutes on a CPU)")
+    console.rule("3/5 generator_retrain (woken by the curated dataset's Asset; warm start, a few minutes on a CPU)")
     _wait_retrain(api, lineage, console, ingest_started)
     prod = lineage.resolve_alias("generator", "production")
     if prod is None:
@@ -231,7 +246,8 @@ def run_demo(console: Console) -> dict:
     console.rule("4/5 campaign_watch (every minute) -> campaign_render")
     name = CAMPAIGN_CSV.stem
     store.put_file(s.bucket_campaigns, f"incoming/{name}.csv", CAMPAIGN_CSV, content_type="text/csv")
-    console.print(f"dropped {CAMPAIGN_CSV.name} in s3://{s.bucket_campaigns}/incoming/; waiting for campaign_watch")
+    api.trigger("campaign_watch")  # at once: its schedule would pick the file up within a minute anyway
+    console.print(f"dropped {CAMPAIGN_CSV.name} in s3://{s.bucket_campaigns}/incoming/; campaign_watch triggered")
     done = _wait_render(api, store, s, name, console)
     report_key = done.removesuffix(".csv") + ".report.json"
     report = json.loads(store.get_bytes(s.bucket_campaigns, report_key))
@@ -252,7 +268,7 @@ def run_demo(console: Console) -> dict:
     console.print(f"CSV:      s3://{s.bucket_campaigns}/{done}")
     console.print(f"gallery:  {out / 'index.html'}")
     console.print(f"Airflow:  {ui}  (user admin, password {password}); the Campaigns page is in the nav")
-    console.print(f"lineage:  genengine lineage {s.bucket_renders}/{prefix}images/hero-red-circle_0.png")
+    console.print(f"lineage:  genengine lineage {s.bucket_renders}/{prefix}images/hero-red-heart_0.png")
     console.print(f"done in {time.monotonic() - t0:.0f}s")
     return summary
 

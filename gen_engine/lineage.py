@@ -122,9 +122,10 @@ class LineageStore:
     # --- models -----------------------------------------------------------------------------------
     def register_model(
         self, name: str, model_id: str, *, uri: str, dataset_version_id: str | None,
-        config: Mapping[str, Any], metrics: Mapping[str, Any], code_version: str,
+        config: Mapping[str, Any], metrics: Mapping[str, Any], code_version: str, parent_model_id: str | None = None,
     ) -> int:
-        """Register a trained model version; idempotent on ``model_id``. Returns its number."""
+        """Register a trained model version; idempotent on ``model_id``. Returns its number.
+        ``parent_model_id``: the model it was warm-started from (None: trained from scratch)."""
         with self.engine.begin() as c:
             found = c.execute(sa.text("SELECT version FROM model_versions WHERE model_id = :m"),
                               {"m": model_id}).first()
@@ -133,11 +134,12 @@ class LineageStore:
             n = c.execute(sa.text("SELECT COALESCE(MAX(version), 0) + 1 FROM model_versions WHERE name = :n"),
                           {"n": name}).scalar_one()
             c.execute(sa.text(
-                "INSERT INTO model_versions VALUES (:model_id, :name, :version, :dvid, :uri, :config_json, "
-                ":metrics_json, :code_version, :created_at)"
+                "INSERT INTO model_versions (model_id, name, version, dataset_version_id, uri, config_json, "
+                "metrics_json, code_version, created_at, parent_model_id) VALUES (:model_id, :name, :version, "
+                ":dvid, :uri, :config_json, :metrics_json, :code_version, :created_at, :parent)"
             ), {"model_id": model_id, "name": name, "version": n, "dvid": dataset_version_id, "uri": uri,
                 "config_json": _dumps(config), "metrics_json": _dumps(metrics), "code_version": code_version,
-                "created_at": utcnow()})
+                "created_at": utcnow(), "parent": parent_model_id})
         return int(n)
 
     def update_model_metrics(self, model_id: str, metrics: Mapping[str, Any]) -> None:
@@ -147,6 +149,11 @@ class LineageStore:
 
     def model(self, model_id: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM model_versions WHERE model_id = :m", m=model_id)
+
+    def models_trained_on(self, dataset_version_id: str) -> list[dict[str, Any]]:
+        """Every model version trained on a curated version, oldest first."""
+        return self._all("SELECT * FROM model_versions WHERE dataset_version_id = :d ORDER BY version",
+                         d=dataset_version_id)
 
     def set_alias(self, name: str, alias: str, model_id: str) -> None:
         """Point ``name@alias`` (e.g. generator@production) at a model version."""
@@ -244,6 +251,7 @@ class LineageStore:
             "SELECT o.object_key, o.row_number, o.k, o.prompt, o.seed, o.sha256 AS image_sha256, "
             "r.run_id, r.campaign, r.csv_key, r.csv_sha256, r.backend, r.started_at AS run_started_at, "
             "m.model_id, m.name AS model_name, m.version AS model_version, m.uri AS model_uri, "
+            "m.parent_model_id, "
             "m.config_json AS training_config_json, m.code_version, "
             "d.version_id AS dataset_version_id, d.dataset, d.version AS dataset_version, d.uri AS dataset_uri "
             "FROM render_outputs o JOIN render_runs r ON r.run_id = o.run_id "

@@ -99,6 +99,15 @@ def retrain_decision(settings: Settings, lineage: LineageStore, dataset: str, co
             return {**decision, "train": False,
                     "reason": f"production {prod['model_id']} already trained on {version['version_id']} "
                               "with this config"}
+        # A challenger for this data, config and champion was trained and gated before: not promoted, and
+        # training it again would give the same weights.
+        for m in lineage.models_trained_on(version["version_id"]):
+            cfg = json.loads(m["config_json"])
+            if cfg.get("config_hash") == chash and m.get("parent_model_id") in (None, prod["model_id"]) \
+                    and cfg.get("parent_model") in (None, prod["model_id"]) and m["model_id"] != prod["model_id"]:
+                return {**decision, "train": False,
+                        "reason": f"{m['model_id']} was already trained on {version['version_id']} with this "
+                                  f"config from the champion {prod['model_id']} and not promoted"}
     return {**decision, "train": True, "reason": "first model" if prod is None else "data or config changed"}
 
 
@@ -128,14 +137,17 @@ def train_candidate(settings: Settings, store: Storage, lineage: LineageStore, d
     cfg = TrainConfig.from_yaml(Path(decision["config"]), **({"steps": steps} if steps else {}))
     data = TrainData.from_curated(f"{decision['dataset']}@v{decision['dataset_version']}", settings, cfg.resolution)
     run_dir = settings.local_dir / "runs" / f"{cfg.name}-{decision['dataset_version_id']}-{decision['config_hash']}"
-    trainer = Trainer(cfg, data, run_dir, device=device)
+    init, parent = registry.resolve_init(cfg.init_from, settings, store, lineage)
+    if parent is not None:  # a warm start from another champion is another run
+        run_dir = run_dir.with_name(f"{run_dir.name}-from-{parent}")
+    trainer = Trainer(cfg, data, run_dir, device=device, init=init, parent=parent)
     trainer.resume()
     t0 = time.monotonic()
     trainer.train(progress=False)
     model_dir = trainer.export({"config_hash": decision["config_hash"]})
     row = registry.publish(model_dir, settings, store, lineage, dataset_version_id=data.dataset_version_id)
     return {"model_id": row["model_id"], "version": row["version"], "train_seconds": time.monotonic() - t0,
-            "steps": trainer.step}
+            "steps": trainer.step, "parent_model": parent}
 
 
 def evaluate_candidates(settings: Settings, store: Storage, lineage: LineageStore, challenger_id: str,
@@ -158,7 +170,8 @@ def evaluate_candidates(settings: Settings, store: Storage, lineage: LineageStor
         if len(held) < 8:
             held = train  # tiny datasets: no usable val split
         out[role] = {"model_id": model_id, **evaluate_model(model_dir, train, held,
-                                                            settings.local_dir / "cache" / "eval", n=500)}
+                                                            settings.local_dir / "cache" / "eval", n=500,
+                                                            encoder_steps=settings.eval_encoder_steps)}
     lineage.update_model_metrics(challenger_id, out["challenger"])
     return out
 

@@ -17,6 +17,8 @@ from gen_engine.lineage import LineageStore
 from gen_engine.storage import Storage
 
 MODEL_FILES = ("generator.safetensors", "model.json")
+# Travels with a model when present: the discriminator a warm start fine-tunes against (training only).
+OPTIONAL_FILES = ("discriminator.safetensors",)
 COMPILED_FILES = ("generator.onnx", "compile_report.json", "generator.plan", "generator.plan.json")
 
 
@@ -33,12 +35,12 @@ def publish(model_dir: Path, settings: Settings, store: Storage, lineage: Lineag
     name = meta.get("name", "generator")
     model_id = model_id_for(model_dir, name)
     prefix = f"{name}/{model_id}/"
-    for f in MODEL_FILES:
+    for f in (*MODEL_FILES, *(o for o in OPTIONAL_FILES if (Path(model_dir) / o).exists())):
         store.put_file(settings.bucket_models, prefix + f, Path(model_dir) / f,
                        metadata={"model-id": model_id, "code-version": meta.get("code_version", "")})
     lineage.register_model(name, model_id, uri=f"s3://{settings.bucket_models}/{prefix}",
                            dataset_version_id=dataset_version_id, config=meta, metrics=metrics or {},
-                           code_version=meta.get("code_version", "unknown"))
+                           code_version=meta.get("code_version", "unknown"), parent_model_id=meta.get("parent_model"))
     if alias:
         lineage.set_alias(name, alias, model_id)
     row = lineage.model(model_id)
@@ -63,6 +65,9 @@ def resolve(ref: str, settings: Settings, store: Storage, lineage: LineageStore,
     if not all((local / f).exists() for f in MODEL_FILES):
         for f in MODEL_FILES:
             store.get_file(settings.bucket_models, prefix + f, local / f)
+        for f in OPTIONAL_FILES:
+            if store.exists(settings.bucket_models, prefix + f):
+                store.get_file(settings.bucket_models, prefix + f, local / f)
     # Compiled artifacts travel with the model when they exist (registered engines).
     for eng in lineage.engines(row["model_id"]):
         name = eng["uri"].rsplit("/", 1)[-1]
@@ -115,3 +120,23 @@ def publish_compiled(model_dir: Path, row: dict[str, Any], report: dict[str, Any
                                 key=trt["key"], report=report)
         engines.append("tensorrt")
     return engines
+
+
+def resolve_init(init_from: str, settings: Settings, store: Storage | None, lineage: LineageStore,
+                 name: str = "generator") -> tuple[Path | None, str | None]:
+    """A training config's ``init_from`` as (model folder, model id), or (None, None) to train from scratch.
+
+    An alias that points nowhere yet (no production model on a new registry) means from scratch, said in
+    the log; any other reference that resolves to nothing is an error."""
+    import logging
+
+    if init_from in ("", "none"):
+        return None, None
+    if store is None and not Path(init_from).is_dir():
+        raise ValueError(f"init_from '{init_from}' needs the registry (S3); give a model folder instead")
+    if not Path(init_from).is_dir() and lineage.model(init_from) is None \
+            and lineage.resolve_alias(name, init_from) is None and not init_from.startswith(f"{name}-"):
+        logging.getLogger(__name__).warning("init_from '%s': no such model yet; training from scratch", init_from)
+        return None, None
+    model_dir, row = resolve(init_from, settings, store, lineage, name=name)  # type: ignore[arg-type]
+    return model_dir, row["model_id"]

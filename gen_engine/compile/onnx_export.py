@@ -7,7 +7,8 @@ following convolutions (same function, about a third fewer FLOPs); the eager gra
 should the folded one ever miss the parity tolerance. It has a dynamic batch axis (inputs ``z``
 (B, z_dim) and ``text`` (B, 384), output ``image`` (B, 3, R, R) in [-1, 1]), opset 17, and passes
 ``onnx.checker``. Parity: 64 fixed (prompt, seed)
-pairs rendered by torch fp32 and by ONNX Runtime must agree within 1e-4 (max abs error). The report
+pairs (the model's own sample prompts, from its dataset's held-out captions, x 8 seeds) rendered by torch
+fp32 and by ONNX Runtime must agree within 1e-4 (max abs error). The report
 (sizes, parity, timings, versions) is written beside the artifact as JSON.
 """
 
@@ -29,11 +30,6 @@ from gen_engine.training.checkpoint import load_generator
 
 log = logging.getLogger(__name__)
 OPSET = 17
-PARITY_PROMPTS = (
-    "a large red circle on a white background", "a small blue square on black", "a yellow triangle on gray",
-    "a green star on beige", "a purple hexagon on white", "an orange diamond on black", "a pink circle at the top",
-    "a cyan square on the left",
-)
 PARITY_TOL = 1e-4
 
 
@@ -63,22 +59,31 @@ def export_onnx(model_dir: Path, out: Path, folded: bool = True) -> Path:
     return out
 
 
-def parity_inputs(z_dim: int, n: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """64 fixed (prompt, seed) pairs: 8 prompts x 8 seeds, z from PCG64 as in rendering."""
-    from gen_engine.text import shared_encoder
-    from gen_engine.training.loop import seed_noise
+def parity_inputs(meta: dict[str, Any], n: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` fixed (prompt, seed) pairs: the model's sample prompts (its dataset's held-out captions, in
+    model.json) cycled over seeds 1000.., z from PCG64 as in rendering. A model that records no prompts
+    gets fixed random unit embeddings (parity needs inputs, not meaning)."""
+    from gen_engine.models.noise import seed_noise
 
-    emb = shared_encoder().encode(list(PARITY_PROMPTS))
-    idx = [i % len(PARITY_PROMPTS) for i in range(n)]
-    z = np.stack([seed_noise(1000 + i, z_dim) for i in range(n)])
+    arch = meta["architecture"]
+    prompts = list(meta.get("sample_prompts") or [])
+    if prompts:
+        from gen_engine.text import shared_encoder
+
+        emb = shared_encoder().encode(prompts)
+    else:
+        emb = np.random.default_rng(0).standard_normal((8, arch.get("text_dim", 384))).astype(np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    idx = [i % len(emb) for i in range(n)]
+    z = np.stack([seed_noise(1000 + i, arch.get("z_dim", 100)) for i in range(n)])
     return z, emb[idx]
 
 
 def check_parity(model_dir: Path, onnx_path: Path) -> dict[str, Any]:
     import onnxruntime as ort
 
-    g, _ = load_generator(model_dir)
-    z, text = parity_inputs(g.cfg.z_dim)
+    g, meta = load_generator(model_dir)
+    z, text = parity_inputs(meta)
     with torch.inference_mode():
         ref = g(torch.from_numpy(z), torch.from_numpy(text)).numpy()
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

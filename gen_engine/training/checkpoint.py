@@ -66,9 +66,13 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_model(out: Path, g_ema: Generator, meta: dict[str, Any]) -> Path:
-    """Write the inference artifact: generator.safetensors + model.json."""
+def save_model(out: Path, g_ema: Generator, meta: dict[str, Any], d: torch.nn.Module | None = None) -> Path:
+    """Write the inference artifact: generator.safetensors + model.json (+ discriminator.safetensors, which
+    a warm start fine-tunes against; rendering never reads it)."""
     out.mkdir(parents=True, exist_ok=True)
+    if d is not None:
+        save_file({k: v.detach().contiguous() for k, v in d.state_dict().items()}, out / "discriminator.safetensors",
+                  metadata={"format": "gen_engine.discriminator/1"})
     save_file({k: v.detach().contiguous() for k, v in g_ema.state_dict().items()}, out / "generator.safetensors",
               metadata={"format": "gen_engine.generator/1"})
     (out / "model.json").write_text(json.dumps({"architecture": g_ema.cfg.to_dict(), **meta}, indent=1, default=str))

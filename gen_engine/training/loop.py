@@ -40,6 +40,8 @@ from gen_engine.training.augment import diff_augment
 from gen_engine.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model
 
 log = logging.getLogger(__name__)
+# Descriptive columns of a dataset's rows kept beside the images (the starter data has them).
+META_COLUMNS = ("lang", "category", "color", "source_set", "name", "file_name")
 
 
 class TrainConfig(BaseModel):
@@ -60,10 +62,10 @@ class TrainConfig(BaseModel):
     magp_every: int = Field(1, ge=1, description="Lazy MA-GP: apply it every k D steps with weight x k "
                                                 "(the double backward is a third of a step's cost).")
     bf16: Literal["auto", "on", "off"] = Field(
-        "auto", description="bf16 autocast: auto = on CUDA GPUs with bf16, off elsewhere. `on` forces it on a "
-                            "CPU with native bf16 (shapes32 on AVX512-BF16: 177 vs 125 images/s in fp32). Without "
-                            "text_norm the generator collapsed there to a flat white image within 140 steps; with "
-                            "it, the 30-minute shapes32 benchmark trains under bf16 (configs/shapes32.yaml).")
+        "auto", description="bf16 autocast: auto = on CUDA GPUs with bf16 and on CPUs with native bf16 (AVX512-BF16 "
+                            "or AMX, detected at run time; shapes32 there: 177 vs 125 images/s in fp32), fp32 "
+                            "elsewhere (emulated bf16 made an AVX2-only CPU 14x slower). The run's config.json "
+                            "records what was chosen and why. Use `on` / `off` only to force a trial.")
     diffaug: str = Field("translation,cutout", description="DiffAugment policy; empty for none.")
     channel_mult: tuple[int, ...] | None = Field(
         None, description="Channels per stage (4x4 upward) as multiples of nf; unset = DF-GAN's ladder.")
@@ -81,15 +83,17 @@ class TrainConfig(BaseModel):
                                "of CLIP): G is pushed to make augmented fakes embed next to their captions in "
                                "a frozen space that already tells shapes apart, while D is still learning.")
     guide_steps: int = Field(1000, ge=1, description="Training steps (batch 128) of the guide encoder.")
+    init_from: str = Field(
+        "none", description="Warm start: 'none' trains from scratch; 'production' (or another alias, a model id "
+                            "or a model folder) starts G (and D, when the artifact has it) from that model's "
+                            "weights and fine-tunes; the parent's id goes into the new model's lineage.")
     ema_decay: float = 0.999
     ema_start: int = Field(0, description="Step after which EMA averaging starts (copy before).")
     seed: int = 0
     eval_every: int = Field(500, description="Steps between sample grids, loss plots and checkpoints.")
-    sample_prompts: tuple[str, ...] = (
-        "a large red circle on a white background", "a small blue square on black",
-        "a yellow triangle in the middle on a gray background", "a green star on beige",
-        "a purple hexagon on a white background", "an orange diamond on black",
-    )
+    sample_prompts: tuple[str, ...] = Field(
+        (), description="Prompts of the sample grids (and the model's parity set); empty = 8 of the dataset's own "
+                        "held-out captions, chosen by `pick_prompts`.")
 
     @classmethod
     def from_yaml(cls, path: Path, **overrides: Any) -> TrainConfig:
@@ -135,6 +139,8 @@ class TrainData:
         self.images, self.text, self.captions, self.version = images, text, captions, version
         self.dataset_version_id = dataset_version_id
         self.attributes: dict[str, list[str]] = {}  # e.g. color/shape of synthetic shapes, for evaluation
+        self.meta: dict[str, list[str]] = {}  # per-row descriptive columns (language, category, source set, ...)
+        self.heldout_captions: list[str] = []  # the dataset's held-out captions: sample grids and parity prompts
 
     def labels(self, vocab: dict[str, list[str]] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
         """Attribute columns as class indices (vocabulary sorted, or the one given)."""
@@ -145,26 +151,43 @@ class TrainData:
         return self.images.shape[0]
 
     @classmethod
-    def from_imagefolder(cls, root: Path, resolution: int) -> TrainData:
-        """Read ``metadata.jsonl`` + images; encode captions with MiniLM once."""
-        import hashlib
+    def from_imagefolder(cls, root: Path, resolution: int, split: str | None = None) -> TrainData:
+        """Read ``metadata.jsonl`` + images; encode captions with MiniLM once.
 
+        split: None keeps every row; "train" / "val" keep the rows whose image the ingest would put in
+        that split (by content hash), and a "train" read also collects the held-out captions."""
+        import hashlib
+        import io
+
+        from gen_engine.datasets.images import split_of, square
         from gen_engine.text import shared_encoder
 
-        rows = [json.loads(line) for line in (Path(root) / "metadata.jsonl").read_text().splitlines() if line]
-        imgs = np.empty((len(rows), resolution, resolution, 3), np.uint8)
-        h = hashlib.sha256()
-        for i, r in enumerate(rows):
-            im = Image.open(Path(root) / r["file_name"]).convert("RGB")
-            if im.size != (resolution, resolution):
-                im = im.resize((resolution, resolution), Image.Resampling.LANCZOS)
-            imgs[i] = np.asarray(im)
+        root = Path(root)
+        rows = [json.loads(line) for line in (root / "metadata.jsonl").read_text(encoding="utf-8").splitlines() if line]
+        decoded: dict[str, tuple[np.ndarray, str]] = {}  # file name -> (image, content hash)
+        keep, held = [], []
+        for r in rows:
+            fn = r["file_name"]
+            if fn not in decoded:
+                raw = (root / fn).read_bytes()
+                decoded[fn] = (np.asarray(square(Image.open(io.BytesIO(raw)), resolution)),
+                               hashlib.sha256(raw).hexdigest())
+            if split is None or split_of(decoded[fn][1]) == split:
+                keep.append(r)
+            elif split == "train":
+                held.append(r["text"])
+        imgs = np.stack([decoded[r["file_name"]][0] for r in keep]) if keep else \
+            np.empty((0, resolution, resolution, 3), np.uint8)
+        h = hashlib.sha256(str(split).encode())
+        for r in keep:
             h.update(r["file_name"].encode() + r["text"].encode())
-        captions = [r["text"] for r in rows]
-        text = torch.from_numpy(shared_encoder().encode(captions))
+        captions = [r["text"] for r in keep]
+        text = torch.from_numpy(shared_encoder().encode(captions, cache=False))
         data = cls(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), text, captions,
                    f"imagefolder:{h.hexdigest()[:16]}")
-        data.attributes = {k: [str(r[k]) for r in rows] for k in ("color", "shape") if rows and k in rows[0]}
+        data.attributes = {k: [str(r[k]) for r in keep] for k in ("color", "shape") if rows and "shape" in rows[0]}
+        data.meta = {k: [str(r.get(k, "")) for r in keep] for k in META_COLUMNS if rows and k in rows[0]}
+        data.heldout_captions = list(dict.fromkeys(held))
         return data
 
     @classmethod
@@ -183,9 +206,12 @@ class TrainData:
             raise ValueError(f"no curated dataset '{ref}'; ingest one first (`genengine dataset ingest`)")
         store = Storage.from_settings(settings)
         prefix = row["uri"].removeprefix(f"s3://{settings.bucket_datasets}/")
-        frames = [pl.read_parquet(io.BytesIO(store.get_bytes(settings.bucket_datasets, o.key)))
-                  for o in store.list(settings.bucket_datasets, prefix) if o.key.endswith(".parquet")]
-        df = pl.concat(frames).filter(pl.col("split") == split)
+        cols = ["image", "caption", "embedding", "split", "extra"]
+        frames = [pl.read_parquet(io.BytesIO(store.get_bytes(settings.bucket_datasets, o.key)), columns=cols)
+                  for o in store.list(settings.bucket_datasets, prefix)
+                  if o.key.endswith(".parquet") and "/masters/" not in o.key]
+        everything = pl.concat(frames)
+        df = everything.filter(pl.col("split") == split)
         imgs = np.empty((df.height, resolution, resolution, 3), np.uint8)
         for i, png in enumerate(df["image"]):
             im = Image.open(io.BytesIO(png)).convert("RGB")
@@ -193,8 +219,13 @@ class TrainData:
                 im = im.resize((resolution, resolution), Image.Resampling.LANCZOS)
             imgs[i] = np.asarray(im)
         text = torch.from_numpy(df["embedding"].to_numpy().astype(np.float32))
-        return cls(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), text, df["caption"].to_list(),
+        data = cls(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), text, df["caption"].to_list(),
                    row["version_id"], dataset_version_id=row["version_id"])
+        extras = [json.loads(e or "{}") for e in df["extra"].to_list()]
+        data.meta = {k: [str(e.get(k, "")) for e in extras] for k in META_COLUMNS if extras and k in extras[0]}
+        if split == "train":
+            data.heldout_captions = list(dict.fromkeys(everything.filter(pl.col("split") == "val")["caption"]))
+        return data
 
     def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``step`` of an epoch-wise shuffle seeded by (seed, epoch): a pure function of step."""
@@ -270,34 +301,77 @@ def ema_update(g_ema: Generator, g: Generator, decay: float) -> None:
         pe.lerp_(p, 1.0 - decay)
 
 
-def bf16_autocast(mode: str, device: torch.device) -> bool:
-    """Whether to train under bf16 autocast (see TrainConfig.bf16)."""
+def cpu_bf16_native(cpuinfo: str | None = None) -> tuple[bool, str]:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo's flags
+    (``cpuinfo``: that file's text, for tests).
+
+    Without it, torch emulates bf16 matmuls and convolutions: measured on an AVX2-only AMD EPYC, a
+    shapes32 step took ~10 s under bf16 against ~0.7 s in fp32."""
+    try:
+        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
+    except OSError:
+        return False, "CPU flags unreadable (no /proc/cpuinfo): fp32"
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    if native:
+        return True, f"CPU has native bf16 ({', '.join(native)})"
+    return False, "CPU lacks native bf16 (no avx512_bf16 / amx_bf16): fp32"
+
+
+def bf16_autocast(mode: str, device: torch.device) -> tuple[bool, str]:
+    """Whether to train under bf16 autocast, and why (see TrainConfig.bf16)."""
     if mode != "auto":
-        return mode == "on"
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return mode == "on", f"bf16 {mode} in the config"
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        return ok, "CUDA GPU with bf16" if ok else "CUDA GPU without bf16: fp32"
+    if device.type == "cpu":
+        return cpu_bf16_native()
+    return False, f"{device.type}: fp32"
 
 
 # --- the run ---------------------------------------------------------------------------------------
 class Trainer:
     """Owns the networks, optimizers and run folder; `train()` runs (or resumes) to cfg.steps."""
 
-    def __init__(self, cfg: TrainConfig, data: TrainData, run_dir: Path, device: str = "cpu") -> None:
+    def __init__(self, cfg: TrainConfig, data: TrainData, run_dir: Path, device: str = "cpu",
+                 init: Path | None = None, parent: str | None = None) -> None:
+        """init: a model folder to warm-start from (cfg.init_from resolved by the caller); parent: its model id."""
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.device = pick_device(device)
         torch.manual_seed(cfg.seed)
         self.g = Generator(cfg.gan)
-        if cfg.text_norm:
+        self.d = Discriminator(cfg.gan, cfg.d_res_init)
+        self.parent: str | None = None
+        if init is not None:
+            self._warm_start(Path(init), parent)  # the champion's text statistics come with its weights
+        elif cfg.text_norm:
             self.g.fit_text_norm(data.text)
-        self.g = self.g.to(self.device)
-        self.d = Discriminator(cfg.gan, cfg.d_res_init).to(self.device)
+        self.g, self.d = self.g.to(self.device), self.d.to(self.device)
         self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_g, betas=cfg.betas)
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr_d, betas=cfg.betas)
         self.step = 0
         self.history: list[dict[str, float]] = []
-        self.autocast = bf16_autocast(cfg.bf16, self.device)
+        self.autocast, self.precision_reason = bf16_autocast(cfg.bf16, self.device)
         self.guide_seconds = 0.0  # time spent training the guide encoder in this process
+        self.sample_prompts = list(cfg.sample_prompts) or pick_prompts(data)
         self.guide = self._guide() if cfg.guide_weight else None
+
+    def _warm_start(self, model_dir: Path, parent: str | None) -> None:
+        """Load a published model's generator (and discriminator, if its artifact has one) exactly."""
+        from safetensors.torch import load_file
+
+        meta = json.loads((model_dir / "model.json").read_text())
+        if meta["architecture"] != self.cfg.gan.to_dict():
+            raise ValueError(f"cannot warm-start from {model_dir}: its architecture {meta['architecture']} differs "
+                             f"from this config's {self.cfg.gan.to_dict()}; set init_from: none to train from "
+                             "scratch, or use a config with the champion's architecture")
+        self.g.load_state_dict(load_file(model_dir / "generator.safetensors"))
+        if (model_dir / "discriminator.safetensors").exists():
+            self.d.load_state_dict(load_file(model_dir / "discriminator.safetensors"))
+        self.parent = parent or meta.get("name", "generator")
+        log.info("warm start from %s (%s)", self.parent, model_dir)
 
     def _guide(self) -> ImageEncoder:
         """The frozen guidance encoder of this run: trained once on its data, kept in the run folder (so a
@@ -371,7 +445,10 @@ class Trainer:
 
         until = self.cfg.steps if until is None else until
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(self.cfg.model_dump(), indent=1))
+        (self.run_dir / "prompts.json").write_text(json.dumps(self.sample_prompts, indent=1, ensure_ascii=False))
+        (self.run_dir / "config.json").write_text(json.dumps(
+            {**self.cfg.model_dump(), "resolved": {"bf16": self.autocast, "bf16_reason": self.precision_reason,
+                                                   "device": str(self.device)}}, indent=1))
         bar = tqdm(total=until, initial=self.step, desc="train", unit="it", disable=not progress,
                    mininterval=1.0)
         t0, n0 = time.monotonic(), self.step
@@ -401,7 +478,7 @@ class Trainer:
         """Grid: one row per fixed prompt, 6 fixed seeds per row."""
         from gen_engine.text import shared_encoder
 
-        prompts = list(self.cfg.sample_prompts)
+        prompts = self.sample_prompts
         text = torch.from_numpy(shared_encoder().encode(prompts)).repeat_interleave(6, 0).to(self.device)
         z = torch.from_numpy(np.stack([seed_noise(s, self.cfg.gan.z_dim) for s in range(6)] * len(prompts)))
         imgs = to_uint8(self.g_ema(z.to(self.device), text))
@@ -437,8 +514,23 @@ class Trainer:
     def export(self, extra: dict[str, Any] | None = None) -> Path:
         """The inference artifact in run/model (EMA generator + model.json)."""
         meta = {"name": self.cfg.name, "train_config": self.cfg.model_dump(), "steps": self.step,
-                "dataset_version": self.data.version, "code_version": code_version(), **(extra or {})}
-        return save_model(self.run_dir / "model", self.g_ema, meta)
+                "dataset_version": self.data.version, "code_version": code_version(),
+                "sample_prompts": self.sample_prompts, "parent_model": self.parent,
+                "precision": {"bf16": self.autocast, "reason": self.precision_reason}, **(extra or {})}
+        return save_model(self.run_dir / "model", self.g_ema, meta, d=self.d)
+
+
+def pick_prompts(data: TrainData, k: int = 8) -> list[str]:
+    """``k`` of the dataset's own held-out captions (its training captions if it holds none out), spread
+    evenly over them in a fixed order: mostly English (ASCII), two in other scripts where there are any."""
+    pool = sorted(set(data.heldout_captions or data.captions))
+    english, others = [c for c in pool if c.isascii()], [c for c in pool if not c.isascii()]
+    n_other = min(len(others), 2 if english else k)
+
+    def spread(items: list[str], n: int) -> list[str]:
+        return [items[int(i * len(items) / n)] for i in range(n)] if n < len(items) else items
+
+    return spread(english, k - n_other) + spread(others, n_other)
 
 
 def to_uint8(imgs: torch.Tensor) -> np.ndarray:

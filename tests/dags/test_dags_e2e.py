@@ -128,3 +128,5 @@ def test_dataset_drop_then_retrain_promotes_first_model_and_gates_a_worse_one(s3
     third = states(retrain.test())
     assert third["gate"] == "success" and third["promote"] == "skipped", third
     assert lineage.resolve_alias("generator", "production")["model_id"] == prod["model_id"]
+    # That rejected challenger is not trained again for the same data, config and champion.
+    assert states(retrain.test())["train"] == "skipped"

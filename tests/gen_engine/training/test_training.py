@@ -122,7 +122,9 @@ def test_model_artifact_rebuilds_from_itself_alone(tmp_path: Path) -> None:
     trainer = Trainer(cfg, two_caption_data(16), tmp_path / "run")
     trainer.train(progress=False)
     out = trainer.export()
-    assert sorted(p.name for p in out.iterdir()) == ["generator.safetensors", "model.json"]
+    # The discriminator travels with the model for warm starts; rendering needs only the generator.
+    assert sorted(p.name for p in out.iterdir()) == ["discriminator.safetensors", "generator.safetensors",
+                                                     "model.json"]
     meta = json.loads((out / "model.json").read_text())
     assert meta["architecture"] == {"resolution": 16, "nf": 8, "z_dim": 100, "text_dim": 384,
                                     "channel_mult": [8, 4, 2], "text_stem": False, "text_norm": True}
@@ -243,12 +245,22 @@ def test_training_stops_at_its_deadline_with_a_checkpoint(tmp_path: Path) -> Non
     assert trainer.step == 1 and (tmp_path / "checkpoints" / "step_0000001").is_dir()
 
 
-def test_bf16_is_gpu_only_under_auto_and_the_generator_output_stays_float32() -> None:
+def test_bf16_auto_follows_the_cpus_native_bf16_and_the_generator_output_stays_float32(monkeypatch) -> None:
     from gen_engine.models.gan import GANConfig, Generator
-    from gen_engine.training.loop import bf16_autocast
+    from gen_engine.training import loop
+    from gen_engine.training.loop import bf16_autocast, cpu_bf16_native
 
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    assert cpu_bf16_native(avx2) == (False, "CPU lacks native bf16 (no avx512_bf16 / amx_bf16): fp32")
+    assert cpu_bf16_native(avx2.replace("avx2", "avx2 avx512f avx512_bf16"))[0]
+    assert cpu_bf16_native(avx2.replace("avx2", "avx2 amx_bf16 amx_tile"))[0]
     cpu = torch.device("cpu")
-    assert not bf16_autocast("auto", cpu) and bf16_autocast("on", cpu) and not bf16_autocast("off", cpu)
+    for native in (False, True):
+        monkeypatch.setattr(loop, "cpu_bf16_native", lambda native=native: (native, "test"))
+        assert bf16_autocast("auto", cpu)[0] is native
+        assert bf16_autocast("on", cpu)[0] and not bf16_autocast("off", cpu)[0]
+    for cfg in sorted((REPO / "configs").glob("*.yaml")):  # no shipped config forces bf16 on
+        assert TrainConfig.from_yaml(cfg).bf16 != "on", cfg.name
     g = Generator(GANConfig(resolution=16, nf=4))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = g(torch.randn(2, 100), torch.randn(2, 384))
@@ -294,3 +306,49 @@ def test_cuda_training_runs_under_bf16_autocast_with_the_guide_trained_on_the_gp
     with torch.no_grad():
         out = trainer.g_ema(torch.randn(2, 100, device="cuda"), trainer.data.text[:2].cuda())
     assert out.dtype == torch.float32 and out.is_cuda
+
+
+def test_warm_start_loads_the_champion_exactly_and_records_its_parent(tmp_path: Path) -> None:
+    from gen_engine.training.checkpoint import load_generator
+
+    cfg = TrainConfig.from_yaml(REPO / "configs" / "tiny.yaml", steps=3, eval_every=3, text_norm=True)
+    champion = Trainer(cfg, two_caption_data(32), tmp_path / "champion")
+    champion.train(progress=False)
+    champ_dir = champion.export()
+    other = two_caption_data(16)  # new data: its text statistics must not replace the champion's
+    zero = Trainer(cfg.model_copy(update={"init_from": str(champ_dir)}), other, tmp_path / "zero",
+                   init=champ_dir, parent="generator-champion")
+    fine_dir = zero.export()  # a zero-step fine-tune
+    g_champ, _ = load_generator(champ_dir)
+    g_fine, meta = load_generator(fine_dir)
+    for (k, a), b in zip(g_champ.state_dict().items(), g_fine.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    for (k, a), b in zip(champion.d.state_dict().items(), zero.d.state_dict().values(), strict=True):
+        assert torch.equal(a, b), f"D.{k}"
+    assert meta["parent_model"] == "generator-champion" and meta["train_config"]["init_from"] == str(champ_dir)
+    zero.train(progress=False)  # and it fine-tunes from there
+    assert zero.step == 3 and not torch.equal(zero.g_ema.fc.weight, g_champ.fc.weight)
+    wider = cfg.model_copy(update={"nf": 16})
+    with pytest.raises(ValueError, match="cannot warm-start"):
+        Trainer(wider, other, tmp_path / "bad", init=champ_dir)
+
+
+def test_sample_and_parity_prompts_come_from_the_datasets_held_out_captions(tmp_path: Path) -> None:
+    from gen_engine.compile.onnx_export import parity_inputs
+    from gen_engine.training.loop import pick_prompts
+
+    data = two_caption_data(32)
+    data.heldout_captions = ["green heart", "红心", "party popper icon", "a sticker of pizza", "blue circle",
+                             "yellow heart", "生日蛋糕", "cat face", "dog face", "birthday cake"]
+    prompts = pick_prompts(data)
+    assert len(prompts) == 8 and set(prompts) <= set(data.heldout_captions)
+    assert {"红心", "生日蛋糕"} <= set(prompts)  # other scripts represented
+    cfg = TrainConfig.from_yaml(REPO / "configs" / "tiny.yaml", steps=1, eval_every=1)
+    trainer = Trainer(cfg, data, tmp_path)
+    trainer.train(progress=False)
+    assert json.loads((tmp_path / "prompts.json").read_text()) == prompts
+    meta = json.loads((trainer.export() / "model.json").read_text())
+    assert meta["sample_prompts"] == prompts
+    z, text = parity_inputs(meta)
+    assert np.allclose(text[: len(prompts)], shared_encoder().encode(prompts), atol=1e-6) and z.shape == (64, 100)
+    assert pick_prompts(two_caption_data(32)) == ["a blue circle", "a red circle"]  # nothing held out: its own

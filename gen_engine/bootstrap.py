@@ -1,0 +1,111 @@
+"""The shipped starter model: how it is made, and how it seeds an empty registry.
+
+    make starter-model              # = genengine models train-starter (about 45 minutes on 2 CPU cores)
+    genengine models bootstrap      # publish it as the first production model (once), compile it
+
+`train_starter` builds the starter dataset (`datasets.starter`), trains ``configs/starter64.yaml`` for
+its fixed step count (no time budget, so the same data, config and seed give the same weights on the
+same kind of machine) and writes ``starter/model/``: generator and discriminator weights (safetensors),
+``model.json`` (architecture, config, code version, the training data's version and content hash, the
+licences and attributions of the artwork) and ``LICENSES.md``.
+
+`bootstrap` runs when the registry has no production model (the demo's first run, a new deployment):
+it publishes that folder, points ``production`` at it and compiles it, so the first campaign renders
+real images before any nightly retrain has run. The retrain then warm-starts from it (``init_from``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from gen_engine.config import Settings
+from gen_engine.lineage import LineageStore
+from gen_engine.storage import Storage
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent.parent
+STARTER_CONFIG = REPO / "configs" / "starter64.yaml"
+
+
+def folder_digest(root: Path) -> str:
+    """sha256 over every file's relative path and bytes, in sorted order: the data's content hash."""
+    h = hashlib.sha256()
+    for p in sorted(Path(root).rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(root).as_posix().encode() + b"\0")
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def starter_trainer(work: Path, config: Path = STARTER_CONFIG, device: str = "cpu",
+                    steps: int | None = None) -> tuple[Any, Path]:
+    """The starter data (built in ``work/data`` once) and a Trainer for the starter recipe in ``work/run``
+    (resumed if it has checkpoints). The quality benchmark trains this same run under a time budget."""
+    from gen_engine.datasets.starter import build
+    from gen_engine.training.loop import TrainConfig, TrainData, Trainer
+
+    cfg = TrainConfig.from_yaml(config, **({"steps": steps} if steps else {}))
+    data_dir = Path(work) / "data"
+    if not (data_dir / "card.json").exists():
+        build(data_dir)
+    data = TrainData.from_imagefolder(data_dir, cfg.resolution, split="train")
+    trainer = Trainer(cfg, data, Path(work) / "run", device=device)
+    trainer.resume()
+    return trainer, data_dir
+
+
+def ship(trainer: Any, data_dir: Path, out: Path) -> Path:
+    """Export a finished starter run into ``out`` with its data's version, content hash and licences."""
+    from gen_engine.datasets.starter import licenses_markdown
+
+    card = json.loads((data_dir / "card.json").read_text())
+    model_dir = trainer.export({"training_data": {
+        "name": "starter", "version": trainer.data.version, "content_sha256": folder_digest(data_dir),
+        "images": card["images"], "captions": card["captions"], "split": "train (held out: 5% by content hash)",
+        "builder": "genengine dataset starter", "licenses": card["sources"]}})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in ("generator.safetensors", "discriminator.safetensors", "model.json"):
+        shutil.copy(model_dir / f, out / f)
+    (out / "LICENSES.md").write_text(licenses_markdown(card["sources"]) + (
+        "\nThe weights in this folder were trained on that artwork; OpenMoji's share-alike term applies to "
+        "them. Rendered images carry their model's lineage.\n"))
+    return out
+
+
+def train_starter(out: Path, work: Path, config: Path = STARTER_CONFIG, device: str = "cpu",
+                  steps: int | None = None) -> Path:
+    """Build the starter data, train the starter recipe to its step count, write the shipped model to ``out``."""
+    trainer, data_dir = starter_trainer(work, config, device, steps)
+    trainer.train()
+    return ship(trainer, data_dir, out)
+
+
+def bootstrap(settings: Settings, store: Storage, lineage: LineageStore, model_name: str = "generator",
+              compile_it: bool = True) -> dict[str, Any]:
+    """Publish the shipped starter model as production if there is no production model yet (else a no-op)."""
+    from gen_engine import registry
+
+    prod = lineage.resolve_alias(model_name, "production")
+    if prod is not None:
+        return {"bootstrapped": False, "model_id": prod["model_id"], "version": prod["version"],
+                "reason": f"production is already {prod['model_id']} (version {prod['version']})"}
+    src = settings.starter_model_dir
+    if not (src / "model.json").exists():
+        raise FileNotFoundError(f"no shipped starter model in {src}; `make starter-model` makes one")
+    row = registry.publish(src, settings, store, lineage)
+    out: dict[str, Any] = {"bootstrapped": True, "model_id": row["model_id"], "version": row["version"],
+                           "reason": "no production model: the shipped starter model was published"}
+    if compile_it:
+        from gen_engine.orchestration import promote
+
+        out["engines"] = promote(settings, store, lineage, row["model_id"], model_name)["engines"]
+    else:
+        lineage.set_alias(model_name, "production", row["model_id"])
+    log.info("bootstrap: %s", out["reason"])
+    return out
