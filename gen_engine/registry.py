@@ -7,7 +7,6 @@ Aliases (``production``) live in the lineage store. Resolving downloads into a l
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -15,16 +14,12 @@ from typing import Any
 from gen_engine.config import Settings
 from gen_engine.lineage import LineageStore
 from gen_engine.storage import Storage
+from gen_engine.training.checkpoint import model_id_for
 
 MODEL_FILES = ("generator.safetensors", "model.json")
 # Travels with a model when present: the discriminator a warm start fine-tunes against (training only).
 OPTIONAL_FILES = ("discriminator.safetensors",)
 COMPILED_FILES = ("generator.onnx", "compile_report.json", "generator.plan", "generator.plan.json")
-
-
-def model_id_for(model_dir: Path, name: str) -> str:
-    digest = hashlib.sha256((Path(model_dir) / "generator.safetensors").read_bytes()).hexdigest()
-    return f"{name}-{digest[:12]}"
 
 
 def publish(model_dir: Path, settings: Settings, store: Storage, lineage: LineageStore, *,

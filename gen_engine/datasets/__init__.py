@@ -1,1 +1,1 @@
-"""Dataset readers, the synthetic captioned-shapes generator, and curation."""
+"""Dataset readers, the starter artwork builder, the synthetic captioned-shapes generator, and curation."""

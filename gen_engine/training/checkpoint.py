@@ -66,6 +66,14 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def model_id_for(model_dir: Path, name: str) -> str:
+    """A model's id: its name and a hash of its generator weights (publishing twice is one version)."""
+    import hashlib
+
+    digest = hashlib.sha256((Path(model_dir) / "generator.safetensors").read_bytes()).hexdigest()
+    return f"{name}-{digest[:12]}"
+
+
 def save_model(out: Path, g_ema: Generator, meta: dict[str, Any], d: torch.nn.Module | None = None) -> Path:
     """Write the inference artifact: generator.safetensors + model.json (+ discriminator.safetensors, which
     a warm start fine-tunes against; rendering never reads it)."""

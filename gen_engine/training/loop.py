@@ -37,7 +37,13 @@ from gen_engine.models.encoder import (
 from gen_engine.models.gan import Discriminator, GANConfig, Generator
 from gen_engine.models.noise import seed_noise
 from gen_engine.training.augment import diff_augment
-from gen_engine.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model
+from gen_engine.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    model_id_for,
+    save_checkpoint,
+    save_model,
+)
 
 log = logging.getLogger(__name__)
 # Descriptive columns of a dataset's rows kept beside the images (the starter data has them).
@@ -370,7 +376,7 @@ class Trainer:
         self.g.load_state_dict(load_file(model_dir / "generator.safetensors"))
         if (model_dir / "discriminator.safetensors").exists():
             self.d.load_state_dict(load_file(model_dir / "discriminator.safetensors"))
-        self.parent = parent or meta.get("name", "generator")
+        self.parent = parent or model_id_for(model_dir, meta.get("name", "generator"))
         log.info("warm start from %s (%s)", self.parent, model_dir)
 
     def _guide(self) -> ImageEncoder:

@@ -69,8 +69,12 @@ def test_unknown_model_in_alias_is_refused(store: LineageStore) -> None:
 def test_render_run_and_full_trace(store: LineageStore) -> None:
     store.record_dataset_version("shapes", "sha-a", uri="s3://datasets/curated/shapes/v1/", n_records=10,
                                  n_rejected=0, config={}, card={})
+    store.register_model("generator", "gen-0", uri="s3://models/gen-0/", dataset_version_id=None,
+                         config={}, metrics={}, code_version="abc000")  # the champion it was warm-started from
     store.register_model("generator", "gen-1", uri="s3://models/gen-1/", dataset_version_id="sha-a",
-                         config={"nf": 32, "resolution": 64}, metrics={}, code_version="abc123")
+                         config={"nf": 32, "resolution": 64}, metrics={}, code_version="abc123",
+                         parent_model_id="gen-0")
+    assert [m["model_id"] for m in store.models_trained_on("sha-a")] == ["gen-1"]
     store.start_run("run-1", "spring", csv_key="claimed/spring.csv", csv_sha256="c" * 64, model_id="gen-1",
                     backend="torch")
     store.start_run("run-1", "spring", csv_key="claimed/spring.csv", csv_sha256="c" * 64, model_id="gen-1",
@@ -89,6 +93,7 @@ def test_render_run_and_full_trace(store: LineageStore) -> None:
 
     t = store.trace("spring/run-1/images/hero_1.png")
     assert t["csv_key"] == "claimed/spring.csv" and t["row_number"] == 2 and t["seed"] == 2**32 - 1
-    assert t["model_version"] == 1 and t["dataset"] == "shapes" and t["dataset_version"] == 1
+    assert t["model_version"] == 2 and t["dataset"] == "shapes" and t["dataset_version"] == 1
+    assert t["parent_model_id"] == "gen-0"
     assert t["training_config"] == {"nf": 32, "resolution": 64} and t["code_version"] == "abc123"
     assert store.trace("spring/run-1/images/none.png") is None
