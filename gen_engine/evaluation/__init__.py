@@ -32,6 +32,7 @@ from gen_engine.models.encoder import ImageEncoder, load_encoder, save_encoder, 
 from gen_engine.models.noise import seed_noise
 
 log = logging.getLogger(__name__)
+ENCODER_STEPS = 1500  # training steps of an evaluation encoder (Settings.eval_encoder_steps in the DAGs)
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -116,9 +117,9 @@ def append_metrics(path: Path, step: int, metrics: dict[str, Any]) -> None:
         f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
 
 
-def cached_encoder(data: Any, cache_dir: Path, steps: int = 1500) -> tuple[ImageEncoder, dict[str, list[str]]]:
-    """The evaluation encoder of a dataset version: trained once, then loaded (safetensors + JSON)."""
-    key = (data.dataset_version_id or data.version.replace(":", "-")) + ("" if steps == 1500 else f"-s{steps}")
+def cached_encoder(data: Any, cache_dir: Path, steps: int = ENCODER_STEPS) -> tuple[ImageEncoder, dict[str, list[str]]]:
+    """The evaluation encoder of a dataset version (and step count): trained once, then loaded."""
+    key = f"{data.dataset_version_id or data.version.replace(':', '-')}-s{steps}"
     w, meta = cache_dir / f"{key}.safetensors", cache_dir / f"{key}.json"
     labels, vocab = data.labels() if data.attributes else ({}, {})
     if w.exists() and meta.exists():
@@ -133,7 +134,7 @@ def cached_encoder(data: Any, cache_dir: Path, steps: int = 1500) -> tuple[Image
 
 
 def evaluate_model(model_dir: Path, train: Any, heldout: Any, cache_dir: Path, n: int = 1000,
-                   encoder_steps: int = 1500) -> dict[str, Any]:
+                   encoder_steps: int = ENCODER_STEPS) -> dict[str, Any]:
     """Metrics of a model folder on held-out data, with the dataset's cached evaluation encoder."""
     from gen_engine.runtime import TorchBackend
 

@@ -307,17 +307,26 @@ def ema_update(g_ema: Generator, g: Generator, decay: float) -> None:
         pe.lerp_(p, 1.0 - decay)
 
 
+def cpu_info(cpuinfo: str | None = None) -> tuple[str, list[str]]:
+    """The CPU's model name and flags from /proc/cpuinfo (``cpuinfo``: that file's text, for tests);
+    ("unknown", []) where it cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
+    except OSError:
+        return "unknown", []
+    field = lambda key: next((ln.split(":", 1)[1] for ln in text.splitlines() if ln.startswith(key)), "")  # noqa: E731
+    return field("model name").strip() or "unknown", field("flags").split()
+
+
 def cpu_bf16_native(cpuinfo: str | None = None) -> tuple[bool, str]:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo's flags
     (``cpuinfo``: that file's text, for tests).
 
     Without it, torch emulates bf16 matmuls and convolutions: measured on an AVX2-only AMD EPYC, a
     shapes32 step took ~10 s under bf16 against ~0.7 s in fp32."""
-    try:
-        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
-    except OSError:
+    _, flags = cpu_info(cpuinfo)
+    if not flags:
         return False, "CPU flags unreadable (no /proc/cpuinfo): fp32"
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
     if native:
         return True, f"CPU has native bf16 ({', '.join(native)})"
