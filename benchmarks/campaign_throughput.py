@@ -37,12 +37,12 @@ def child_pure(model_dir: str, n_images: str, backend: str) -> dict:
     """Pure inference: precomputed z and text, the renderer's batch size and exact call."""
     import numpy as np
 
-    from gen_engine.render.campaign import RenderEnv
+    from gen_engine.config import Settings
+    from gen_engine.models.noise import seed_noise
     from gen_engine.runtime import load_backend
-    from gen_engine.training.loop import seed_noise
 
     be = load_backend(backend, Path(model_dir))
-    bs = RenderEnv.batch_size
+    bs = Settings().render_batch_size
     batches = int(n_images) // bs
     rng = np.random.default_rng(0)
     text = rng.standard_normal((bs, 384)).astype(np.float32)
@@ -60,24 +60,23 @@ def child_pure(model_dir: str, n_images: str, backend: str) -> dict:
 
 
 def child_campaign(csv_path: str, campaign: str, model_dir: str, backend: str) -> dict:
-    from gen_engine.config import Settings
     from gen_engine.render.campaign import run_campaign
+    from gen_engine.resources import resources
 
     t0 = time.perf_counter()
-    summary = run_campaign(csv_path, campaign, Settings(), model_ref=model_dir, backend=backend, progress=False)
+    summary = run_campaign(csv_path, campaign, resources(), model_ref=model_dir, backend=backend, progress=False)
     wall = time.perf_counter() - t0
     return {"images": summary["counts"]["images"], "wall_s": wall, "images_per_s": summary["counts"]["images"] / wall,
             "timings_s": summary["timings_s"], "peak_rss_mb": peak_rss_mb(), "backend": summary["backend"]}
 
 
 def child_plan(csv_path: str) -> dict:
-    from gen_engine.config import Settings
-    from gen_engine.render.campaign import prepare
-    from gen_engine.storage import Storage
+    from gen_engine.render.plan import prepare
+    from gen_engine.resources import resources
 
-    s = Settings()
+    res = resources()
     t0 = time.perf_counter()
-    plan = prepare(csv_path, "plan-1m", s, Storage.from_settings(s))
+    plan = prepare(csv_path, "plan-1m", res.settings, res.storage)
     return {"rows": plan.stats["rows_read"], "shards": len(plan.shards), "seconds": time.perf_counter() - t0,
             "peak_rss_mb": peak_rss_mb()}
 
@@ -114,9 +113,9 @@ def main() -> None:
 
     import torch
 
+    from gen_engine.infra.services import LocalS3, S3Ports
+    from gen_engine.models.artifact import save_model
     from gen_engine.models.gan import GANConfig, Generator
-    from gen_engine.services import LocalS3, S3Ports
-    from gen_engine.training.checkpoint import save_model
 
     big = 2000 if a.quick else 20000
     plan_rows = 100_000 if a.quick else 1_000_000

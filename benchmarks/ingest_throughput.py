@@ -30,14 +30,11 @@ RESULTS = HERE / "results"
 
 
 def child_ingest(source: str, name: str) -> dict:
-    from gen_engine.config import Settings
     from gen_engine.datasets.ingest import CurationConfig, ingest
-    from gen_engine.lineage import LineageStore
-    from gen_engine.storage import Storage
+    from gen_engine.resources import resources
 
-    s = Settings()
     t0 = time.perf_counter()
-    r = ingest(source, name, s, Storage.from_settings(s), LineageStore.from_settings(s), CurationConfig(size=64))
+    r = ingest(source, name, resources(), CurationConfig(size=64))
     wall = time.perf_counter() - t0
     return {"records_in": r.records_in, "accepted": r.accepted, "rejected": r.rejected, "wall_s": wall,
             "records_per_s": r.records_in / wall, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -74,7 +71,7 @@ def main() -> None:
         print(json.dumps(child_ingest(*a.child)))
         return
 
-    from gen_engine.services import LocalS3, S3Ports
+    from gen_engine.infra.services import LocalS3, S3Ports
 
     sizes = (500, 2000) if a.quick else (2000, 10000)
     out: dict = {"machine": {"cpus": os.cpu_count()}, "image_size": 64, "runs": {}}

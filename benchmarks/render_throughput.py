@@ -49,7 +49,7 @@ def flops_per_image(model_dir: Path, folded: bool) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from gen_engine.compile.fold import FoldedGenerator
-    from gen_engine.training.checkpoint import load_generator
+    from gen_engine.models.artifact import load_generator
 
     g, _ = load_generator(model_dir)
     net = FoldedGenerator(g) if folded else g
@@ -61,8 +61,8 @@ def flops_per_image(model_dir: Path, folded: bool) -> float:
 def child(model_dir: str, backend: str, seconds: str) -> dict:
     import numpy as np
 
+    from gen_engine.models.noise import seed_noise
     from gen_engine.runtime import load_backend
-    from gen_engine.training.loop import seed_noise
 
     be = load_backend(backend, Path(model_dir))
     if be.name != backend:
@@ -101,8 +101,8 @@ def main() -> None:
     import torch
 
     from gen_engine.compile.onnx_export import compile_model
+    from gen_engine.models.artifact import save_model
     from gen_engine.models.gan import GANConfig, Generator
-    from gen_engine.training.checkpoint import save_model
 
     seconds = 2.0 if a.quick else a.seconds
     a.repeats = 1 if a.quick else max(1, a.repeats)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from gen_engine.training.loop import TrainConfig
+    from gen_engine.training.config import TrainConfig
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -36,7 +36,8 @@ def throughput(base: TrainConfig, resolution: int, nf: int, seconds: float = 20.
     """Training images/s of ``base``'s settings (batch, bf16, lazy MA-GP, guide) at another size and width."""
     import torch
 
-    from gen_engine.training.loop import TrainData, Trainer
+    from gen_engine.datasets.curated import TrainData
+    from gen_engine.training.trainer import Trainer
 
     n = 256
     data = TrainData(torch.randint(0, 255, (n, 3, resolution, resolution), dtype=torch.uint8),
@@ -103,7 +104,7 @@ class RealImages:
 
 def cpu_name() -> str:
     """The CPU model and its bf16/AVX flags, for the results (figures depend on them)."""
-    from gen_engine.training.loop import cpu_bf16_native, cpu_info
+    from gen_engine.training.device import cpu_bf16_native, cpu_info
 
     model, flags = cpu_info()
     simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
@@ -128,12 +129,13 @@ def starter(a: argparse.Namespace) -> None:
     import numpy as np
 
     from gen_engine.bootstrap import ship, starter_trainer
-    from gen_engine.evaluation import encode, evaluate, frechet_distance, train_encoder
+    from gen_engine.datasets.curated import TrainData
+    from gen_engine.evaluation import encode, evaluate, frechet_distance
     from gen_engine.evaluation.colour import colour_judge, object_colour
     from gen_engine.models.noise import seed_noise
     from gen_engine.runtime import TorchBackend
     from gen_engine.text import shared_encoder
-    from gen_engine.training.loop import TrainData
+    from gen_engine.training.encoder import train_encoder
 
     work = REPO / ".local" / "starter"
     config = a.config or REPO / "configs" / "starter64.yaml"
@@ -234,10 +236,13 @@ def main() -> None:
         return
     a.config = a.config or REPO / "configs" / "shapes32.yaml"
 
+    from gen_engine.datasets.curated import TrainData
     from gen_engine.datasets.synth import write_imagefolder
-    from gen_engine.evaluation import append_metrics, evaluate, render_heldout, train_encoder
+    from gen_engine.evaluation import append_metrics, evaluate, render_heldout
     from gen_engine.runtime import TorchBackend
-    from gen_engine.training.loop import TrainConfig, TrainData, Trainer
+    from gen_engine.training.config import TrainConfig
+    from gen_engine.training.encoder import train_encoder
+    from gen_engine.training.trainer import Trainer
 
     work = REPO / ".local" / "bench" / "train_quality"
     cfg = TrainConfig.from_yaml(a.config)

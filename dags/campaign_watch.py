@@ -23,13 +23,11 @@ def campaign_watch():
     @task
     def claim_new_csvs() -> list[dict]:
         """Move every new CSV to claimed/; returns one render conf per CSV claimed by this run."""
-        from gen_airflow import factory_settings
+        from gen_airflow import call
 
         from gen_engine.orchestration import claim_incoming
-        from gen_engine.storage import Storage
 
-        s = factory_settings()
-        claims = claim_incoming(s, Storage.from_settings(s))
+        claims = call(claim_incoming)
         print(f"claimed {len(claims)} CSV(s): {[c['source'] for c in claims]}")
         return [{"csv_key": c["csv_key"], "campaign": c["campaign"]} for c in claims]
 

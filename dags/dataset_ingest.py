@@ -10,26 +10,22 @@ to `done/` (or `failed/` with its report), and the curated dataset's Asset is up
 
 from __future__ import annotations
 
-import os
-
 from airflow.sdk import Asset, AssetAlias, dag, get_current_context, task
-from gen_airflow.dag_defaults import DEFAULT_ARGS, START
+from gen_airflow.dag_defaults import DEFAULT_ARGS, SETTINGS, START
 
 CURATED = AssetAlias("curated_datasets")
 
 
-@dag(schedule=os.environ.get("GEN_INGEST_SCHEDULE", "*/10 * * * *"), start_date=START, catchup=False,
+@dag(schedule=SETTINGS.ingest_schedule, start_date=START, catchup=False,
      max_active_runs=1, tags=["datasets", "gen-engine"], default_args=DEFAULT_ARGS, doc_md=__doc__)
 def dataset_ingest():
     @task
     def find_drops() -> list[dict]:
-        from gen_airflow import factory_settings
+        from gen_airflow import call
 
         from gen_engine.orchestration import find_drops as find
-        from gen_engine.storage import Storage
 
-        s = factory_settings()
-        drops = find(s, Storage.from_settings(s))
+        drops = call(find)
         print(f"{len(drops)} new drop(s): {[d['key'] for d in drops]}")
         return drops
 
@@ -37,18 +33,14 @@ def dataset_ingest():
     def ingest_drop(drop: dict) -> dict:
         ctx = get_current_context()
         ctx["drop_key"] = drop["key"]
-        from gen_airflow import factory_settings
+        from gen_airflow import call
 
         from gen_engine.orchestration import ingest_and_file
 
-        result = ingest_and_file(factory_settings(), drop)
-        if result["ok"]:
-            ctx["outlet_events"][CURATED].add(Asset(name=f"curated_{result['dataset']}", uri=result["asset_uri"]),
-                                              extra={"version": result["version"]})
-            return result
-        from airflow.sdk.exceptions import AirflowFailException
-
-        raise AirflowFailException(result["error"])  # a data problem: retrying would not help
+        result = call(ingest_and_file, drop)  # a rejected drop is filed under failed/ and fails the task
+        ctx["outlet_events"][CURATED].add(Asset(name=f"curated_{result['dataset']}", uri=result["asset_uri"]),
+                                          extra={"version": result["version"]})
+        return result
 
     ingest_drop.expand(drop=find_drops())
 

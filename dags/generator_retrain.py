@@ -1,9 +1,10 @@
 """
 ### generator_retrain
-Nightly at 02:00 UTC and whenever a curated dataset is updated. Skips when neither the data (latest
-curated version of `GEN_RETRAIN_DATASET`) nor the training config changed since the production model,
-or when a challenger for this data, config and champion was already trained and not promoted.
-Otherwise: **train** (on the `gpu` pool and queue when configured; warm-started from the champion when
+Nightly at 02:00 UTC (`GEN_RETRAIN_SCHEDULE`) and whenever a curated dataset is updated. Skips when
+neither the data (latest curated version of `GEN_RETRAIN_DATASET`) nor the training config changed
+since the production model, or when a challenger for this data, config and champion was already
+trained and not promoted.
+Otherwise: **train** (on the `gpu` pool and the `GEN_AIRFLOW_GPU_QUEUE` queue; warm-started from the champion when
 the config says `init_from: production`, the default) -> **evaluate** challenger and
 champion on the same held-out split -> **gate** (promote only if Frechet distance is not worse by more
 than 2% and R-precision not lower by more than 0.02; thresholds in the settings; the first model is
@@ -13,54 +14,42 @@ promoted) -> **promote** (compile to ONNX, TensorRT where present; register the 
 
 from __future__ import annotations
 
-import os
-
 from airflow.sdk import Asset, AssetAlias, AssetOrTimeSchedule, CronTriggerTimetable, dag, task
-from gen_airflow.dag_defaults import DEFAULT_ARGS, START
+from gen_airflow.dag_defaults import DEFAULT_ARGS, SETTINGS, START
 
 PRODUCTION_MODEL = Asset(name="generator_production", uri="s3://models/generator")
 
 
-@dag(schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"),
+@dag(schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(SETTINGS.retrain_schedule, timezone="UTC"),
                                   assets=AssetAlias("curated_datasets")),
      start_date=START, catchup=False, max_active_runs=1, tags=["models", "gen-engine"], default_args=DEFAULT_ARGS,
      doc_md=__doc__)
 def generator_retrain():
     @task.short_circuit
     def decide() -> dict | bool:
-        from gen_airflow import factory_settings
+        from gen_airflow import call
 
-        from gen_engine.lineage import LineageStore
         from gen_engine.orchestration import retrain_decision
 
-        s = factory_settings()
-        d = retrain_decision(s, LineageStore.from_settings(s), s.retrain_dataset, s.retrain_config)
+        d = call(retrain_decision)
         print(f"retrain: {d['reason']}")
         return d if d["train"] else False
 
-    @task(pool="gpu", queue=os.environ.get("GEN_GPU_QUEUE", "default"), retries=1)
+    @task(pool="gpu", queue=SETTINGS.airflow_gpu_queue, retries=1)
     def train(decision: dict) -> dict:
-        from gen_airflow import factory_settings
+        from gen_airflow import call
 
-        from gen_engine.lineage import LineageStore
         from gen_engine.orchestration import train_candidate
-        from gen_engine.storage import Storage
 
-        s = factory_settings()
-        return train_candidate(s, Storage.from_settings(s), LineageStore.from_settings(s), decision,
-                               device=s.retrain_device) | {"decision": decision}
+        return call(train_candidate, decision) | {"decision": decision}
 
     @task
     def evaluate(candidate: dict) -> dict:
-        from gen_airflow import factory_settings
+        from gen_airflow import call
 
-        from gen_engine.lineage import LineageStore
         from gen_engine.orchestration import evaluate_candidates
-        from gen_engine.storage import Storage
 
-        s = factory_settings()
-        return evaluate_candidates(s, Storage.from_settings(s), LineageStore.from_settings(s), candidate["model_id"],
-                                   candidate["decision"])
+        return call(evaluate_candidates, candidate["model_id"], candidate["decision"])
 
     @task.short_circuit
     def gate(metrics: dict) -> dict | bool:
@@ -74,14 +63,11 @@ def generator_retrain():
 
     @task(outlets=[PRODUCTION_MODEL])
     def promote(challenger: dict) -> dict:
-        from gen_airflow import factory_settings
+        from gen_airflow import call
 
-        from gen_engine.lineage import LineageStore
         from gen_engine.orchestration import promote as do_promote
-        from gen_engine.storage import Storage
 
-        s = factory_settings()
-        return do_promote(s, Storage.from_settings(s), LineageStore.from_settings(s), challenger["model_id"])
+        return call(do_promote, challenger["model_id"])
 
     promote(gate(evaluate(train(decide()))))
 

@@ -23,9 +23,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from gen_engine.config import Settings
-from gen_engine.lineage import LineageStore
-from gen_engine.storage import Storage
+from gen_engine.errors import UserError
+from gen_engine.resources import Resources
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
@@ -46,8 +45,10 @@ def starter_trainer(work: Path, config: Path = STARTER_CONFIG, device: str = "cp
                     steps: int | None = None) -> tuple[Any, Path]:
     """The starter data (built in ``work/data`` once) and a Trainer for the starter recipe in ``work/run``
     (resumed if it has checkpoints). The quality benchmark trains this same run under a time budget."""
+    from gen_engine.datasets.curated import TrainData
     from gen_engine.datasets.starter import build
-    from gen_engine.training.loop import TrainConfig, TrainData, Trainer
+    from gen_engine.training.config import TrainConfig
+    from gen_engine.training.trainer import Trainer
 
     cfg = TrainConfig.from_yaml(config, **({"steps": steps} if steps else {}))
     data_dir = Path(work) / "data"
@@ -86,25 +87,23 @@ def train_starter(out: Path, work: Path, config: Path = STARTER_CONFIG, device: 
     return ship(trainer, data_dir, out)
 
 
-def bootstrap(settings: Settings, store: Storage, lineage: LineageStore, model_name: str = "generator",
-              compile_it: bool = True) -> dict[str, Any]:
+def bootstrap(res: Resources, model_name: str = "generator", compile_it: bool = True) -> dict[str, Any]:
     """Publish the shipped starter model as production if there is no production model yet (else a no-op)."""
-    from gen_engine import registry
-
+    lineage = res.lineage
     prod = lineage.resolve_alias(model_name, "production")
     if prod is not None:
         return {"bootstrapped": False, "model_id": prod["model_id"], "version": prod["version"],
                 "reason": f"production is already {prod['model_id']} (version {prod['version']})"}
-    src = settings.starter_model_dir
+    src = res.settings.starter_model_dir
     if not (src / "model.json").exists():
-        raise FileNotFoundError(f"no shipped starter model in {src}; `make starter-model` makes one")
-    row = registry.publish(src, settings, store, lineage)
+        raise UserError(f"no shipped starter model in {src}; `make starter-model` makes one")
+    row = res.registry.publish(src)
     out: dict[str, Any] = {"bootstrapped": True, "model_id": row["model_id"], "version": row["version"],
                            "reason": "no production model: the shipped starter model was published"}
     if compile_it:
         from gen_engine.orchestration import promote
 
-        out["engines"] = promote(settings, store, lineage, row["model_id"], model_name)["engines"]
+        out["engines"] = promote(res, row["model_id"], model_name)["engines"]
     else:
         lineage.set_alias(model_name, "production", row["model_id"])
     log.info("bootstrap: %s", out["reason"])

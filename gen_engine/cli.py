@@ -4,8 +4,10 @@
     genengine services up|down|status
     genengine --help                 # everything else
 
-Commands are thin: they parse arguments, call gen_engine, and turn its errors into one readable
-line and a non-zero exit code.
+Commands are thin: they parse arguments, build the resources once (`gen_engine.resources`), call
+gen_engine, and print its errors (`GenEngineError`: a bad input, a missing setup, S3 away) as one
+readable line with a non-zero exit code. Anything else is a bug and keeps its traceback. Option
+defaults that are tunables come from the settings (`genengine config` shows them).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from gen_engine.config import get_settings
+from gen_engine.errors import GenEngineError, UserError
+from gen_engine.resources import resources
 
 app = typer.Typer(help="Campaign image factory: datasets -> GAN -> compiled engines -> rendered campaigns in S3.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -37,15 +41,14 @@ err_console = Console(stderr=True)
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print the project's own errors as one line (they already say what to do) and exit 1."""
-    from gen_engine.services import ServiceError
-    from gen_engine.storage import StorageError
+    """Print the project's own errors as one line (they already say what to do) and exit 1; a bug
+    (any other exception) keeps its traceback."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (StorageError, ServiceError, ValueError, FileNotFoundError, RuntimeError) as e:
+        except GenEngineError as e:
             err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
             raise typer.Exit(1) from None
 
@@ -77,22 +80,19 @@ def services_up(
     airflow: bool = typer.Option(True, help="Also prepare the Airflow home (DB, connection, pool)."),
 ) -> None:
     """Start the local S3 server (unless GEN_S3_ENDPOINT points elsewhere) and prepare Airflow."""
-    from gen_engine.services import LocalS3, init_airflow_home
-    from gen_engine.storage import Storage
+    from gen_engine.infra.services import LocalS3, init_airflow_home
 
-    s = get_settings()
+    res = resources()
+    s = res.settings
     buckets = list(s.buckets.values())
     if s.uses_local_s3:
         LocalS3.from_settings(s).start(buckets)
         console.print(f"local S3 up at {s.s3_url} (data in {s.local_dir / 's3'}), buckets: {', '.join(buckets)}")
     else:
-        store = Storage.from_settings(s)
         for b in buckets:
-            store.ensure_bucket(b)
+            res.storage.ensure_bucket(b)
         console.print(f"using external S3 at {s.s3_url}; buckets ensured: {', '.join(buckets)}")
-    from gen_engine.lineage import LineageStore
-
-    LineageStore.from_settings(s)
+    res.lineage  # noqa: B018 (opening it applies the schema)
     console.print(f"lineage store ready: {s.describe()['lineage_url (derived)']}")
     if airflow:
         home = init_airflow_home(s)
@@ -104,7 +104,7 @@ def services_up(
 def services_down() -> None:
     """Stop the local S3 server started by `services up` (only that process)."""
     from gen_engine.demo import stop_standalone
-    from gen_engine.services import LocalS3
+    from gen_engine.infra.services import LocalS3
 
     s = get_settings()
     if stop_standalone(s):
@@ -117,11 +117,9 @@ def services_down() -> None:
 @friendly
 def services_status() -> None:
     """Say whether the S3 endpoint answers."""
-    from gen_engine.storage import Storage
-
-    s = get_settings()
-    Storage.from_settings(s).check()
-    console.print(f"S3 at {s.s3_url}: answering")
+    res = resources()
+    res.storage.check()
+    console.print(f"S3 at {res.settings.s3_url}: answering")
 
 
 @dataset_app.command("synth")
@@ -155,7 +153,7 @@ def dataset_starter(
     chosen = tuple(x.strip() for x in sets.split(",") if x.strip())
     unknown = [x for x in chosen if x not in SETS]
     if unknown:
-        raise ValueError(f"unknown artwork set(s) {unknown}; choose from {sorted(SETS)}")
+        raise UserError(f"unknown artwork set(s) {unknown}; choose from {sorted(SETS)}")
     card = build(out, size=size, sets=chosen, skin_tones=skin_tones,
                  languages=tuple(x.strip() for x in languages.split(",") if x.strip()), limit=limit)
     console.print(f"wrote {card['images']} images ({card['captions']} captions) to {out}; licences in "
@@ -167,16 +165,17 @@ def dataset_starter(
 def dataset_ingest(
     source: str = typer.Argument(..., help="A zip, tar or folder, local or s3://bucket/key."),
     name: str = typer.Option(..., help="Dataset name (curated versions go to s3://datasets/curated/<name>/v<N>/)."),
-    size: int = typer.Option(64, help="Side of the stored training images."),
+    size: int = typer.Option(get_settings().ingest_image_size, help="Side of the stored training images "
+                                                                    "(GEN_INGEST_IMAGE_SIZE)."),
 ) -> None:
     """Validate a drop (Great Expectations), quarantine bad records, publish a versioned curated dataset."""
-    from gen_engine.datasets.ingest import CurationConfig, DropRejected, ingest
-    from gen_engine.lineage import LineageStore
-    from gen_engine.storage import Storage
+    from dataclasses import replace
 
-    s = get_settings()
+    from gen_engine.datasets.ingest import CurationConfig, DropRejected, ingest
+
+    res = resources()
     try:
-        r = ingest(source, name, s, Storage.from_settings(s), LineageStore.from_settings(s), CurationConfig(size=size))
+        r = ingest(source, name, res, replace(CurationConfig.from_settings(res.settings), size=size))
     except DropRejected as e:
         err_console.print(f"[bold red]drop rejected:[/] {e}", highlight=False)
         raise typer.Exit(2) from None
@@ -191,10 +190,8 @@ def dataset_ingest(
 @friendly
 def dataset_list() -> None:
     """Datasets and their latest versions."""
-    from gen_engine.lineage import LineageStore
-
     table = Table("dataset", "versions", "latest")
-    for d in LineageStore.from_settings(get_settings()).datasets():
+    for d in resources().lineage.datasets():
         table.add_row(d["name"], str(d["versions"]), f"v{d['latest']}" if d["latest"] else "-")
     console.print(table)
 
@@ -203,12 +200,10 @@ def dataset_list() -> None:
 @friendly
 def dataset_show(name: str, version: int | None = typer.Option(None, help="Default: the latest.")) -> None:
     """One version's card: counts, rejects by reason, histograms, location."""
-    from gen_engine.lineage import LineageStore
-
-    row = LineageStore.from_settings(get_settings()).dataset_version(name, version)
+    row = resources().lineage.dataset_version(name, version)
     if row is None:
         which = f"{name} v{version}" if version else name
-        raise ValueError(f"no dataset '{which}'; see `genengine dataset list`")
+        raise UserError(f"no dataset '{which}'; see `genengine dataset list`")
     typer.echo(json.dumps({k: v for k, v in row.items() if not k.endswith("_json")} |
                           {"card": json.loads(row["card_json"])}, indent=2))
 
@@ -229,7 +224,9 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
 ) -> None:
     """Train (or resume) a generator; writes checkpoints, sample grids, a loss curve and model/."""
-    from gen_engine.training.loop import TrainConfig, TrainData, Trainer
+    from gen_engine.datasets.curated import TrainData
+    from gen_engine.training.config import TrainConfig
+    from gen_engine.training.trainer import Trainer
 
     overrides: dict[str, Any] = {"steps": steps} if steps else {}
     if init_from is not None:
@@ -238,39 +235,21 @@ def train(
     if dry_run:
         typer.echo(json.dumps(cfg.model_dump(), indent=2))
         return
-    s = get_settings()
+    res = resources()
     if Path(data).is_dir():
         train_data = TrainData.from_imagefolder(Path(data), cfg.resolution, split="train")
     else:
-        train_data = TrainData.from_curated(data, s, cfg.resolution)
-    init, parent = None, None
-    if cfg.init_from != "none":
-        from gen_engine import registry
-        from gen_engine.lineage import LineageStore
-        from gen_engine.storage import Storage
-
-        store = None if Path(cfg.init_from).is_dir() else Storage.from_settings(s)
-        init, parent = registry.resolve_init(cfg.init_from, s, store, LineageStore.from_settings(s))
+        train_data = TrainData.from_curated(data, res, cfg.resolution)
+    init, parent = res.registry.resolve_init(cfg.init_from)
     trainer = Trainer(cfg, train_data, out, device=device, init=init, parent=parent)
     trainer.resume()
     trainer.train()
     model_dir = trainer.export()
     console.print(f"model written to {model_dir}")
     if publish:
-        _publish(model_dir, alias, train_data.dataset_version_id)
-
-
-def _publish(model_dir: Path, alias: str | None, dataset_version_id: str | None = None) -> dict[str, Any]:
-    from gen_engine import registry
-    from gen_engine.lineage import LineageStore
-    from gen_engine.storage import Storage
-
-    s = get_settings()
-    row = registry.publish(model_dir, s, Storage.from_settings(s), LineageStore.from_settings(s), alias=alias,
-                           dataset_version_id=dataset_version_id)
-    console.print(f"published {row['model_id']} (version {row['version']}) to {row['uri']}"
-                  + (f", alias {alias}" if alias else ""))
-    return row
+        row = res.registry.publish(model_dir, alias=alias, dataset_version_id=train_data.dataset_version_id)
+        console.print(f"published {row['model_id']} (version {row['version']}) to {row['uri']}"
+                      + (f", alias {alias}" if alias else ""))
 
 
 @models_app.command("bootstrap")
@@ -280,11 +259,8 @@ def models_bootstrap(
 ) -> None:
     """Publish the shipped starter model as production when the registry has none (else do nothing)."""
     from gen_engine.bootstrap import bootstrap
-    from gen_engine.lineage import LineageStore
-    from gen_engine.storage import Storage
 
-    s = get_settings()
-    r = bootstrap(s, Storage.from_settings(s), LineageStore.from_settings(s), compile_it=compile_it)
+    r = bootstrap(resources(), compile_it=compile_it)
     console.print(f"{r['reason']}; production = {r['model_id']} (version {r['version']})")
 
 
@@ -312,26 +288,23 @@ def evaluate(
                                                 "in the training run folder of a local model, else here."),
 ) -> None:
     """Frechet distance, R-precision, cosine (and colour/shape accuracy on synthetic shapes) on held-out data."""
-    from gen_engine import registry
+    from gen_engine.datasets.curated import TrainData
     from gen_engine.evaluation import append_metrics, evaluate_model
-    from gen_engine.lineage import LineageStore
-    from gen_engine.storage import Storage
-    from gen_engine.training.loop import TrainData
 
-    s = get_settings()
-    lineage = LineageStore.from_settings(s)
-    store = None if Path(model).is_dir() else Storage.from_settings(s)
-    model_dir, row = registry.resolve(model, s, store, lineage)  # type: ignore[arg-type]
-    res = json.loads((model_dir / "model.json").read_text())["architecture"]["resolution"]
+    res = resources()
+    s = res.settings
+    model_dir, row = res.registry.resolve(model)
+    resolution = json.loads((model_dir / "model.json").read_text())["architecture"]["resolution"]
 
     def load(ref: str, split: str = "train") -> TrainData:
         if Path(ref).is_dir():
-            return TrainData.from_imagefolder(Path(ref), res)
-        return TrainData.from_curated(ref, s, res, split=split)
+            return TrainData.from_imagefolder(Path(ref), resolution)
+        return TrainData.from_curated(ref, res, resolution, split=split)
 
     train_data = load(data)
     held = load(heldout) if heldout else load(data, split="val")
-    metrics = evaluate_model(model_dir, train_data, held, s.local_dir / "cache" / "eval")
+    metrics = evaluate_model(model_dir, train_data, held, s.local_dir / "cache" / "eval",
+                             encoder_steps=s.eval_encoder_steps)
     if out is None:  # a trainer's export is <run>/model; the run folder holds config.json and the grids
         run_dir = model_dir.parent if (model_dir.parent / "config.json").exists() else None
         out = (run_dir or Path.cwd()) / "metrics.jsonl"
@@ -353,17 +326,12 @@ def sample(
     """Render one prompt with n seeds into a PNG grid."""
     import numpy as np
 
-    from gen_engine import registry
-    from gen_engine.lineage import LineageStore
+    from gen_engine.models.noise import seed_noise
     from gen_engine.runtime import load_backend
-    from gen_engine.storage import Storage
+    from gen_engine.sheets import image_grid
     from gen_engine.text import shared_encoder
-    from gen_engine.training.loop import image_grid, seed_noise
 
-    s = get_settings()
-    store = Storage.from_settings(s) if not Path(model).is_dir() else None
-    lineage = LineageStore.from_settings(s)
-    model_dir, _ = registry.resolve(model, s, store, lineage)  # type: ignore[arg-type]
+    model_dir, _ = resources().registry.resolve(model)
     backend = load_backend("auto", model_dir)
     z = np.stack([seed_noise(seed + i, backend.z_dim) for i in range(n)])
     imgs = backend.render(z, np.repeat(shared_encoder().encode([prompt]), n, axis=0))
@@ -375,16 +343,11 @@ def sample(
 @friendly
 def compile_cmd(model: str = typer.Option("production", help="Alias or model id to compile.")) -> None:
     """Export the generator to ONNX (parity-checked), build TensorRT where present, publish beside the model."""
-    from gen_engine import registry
-    from gen_engine.compile.onnx_export import compile_model
-    from gen_engine.lineage import LineageStore
-    from gen_engine.storage import Storage
+    from gen_engine.orchestration import compile_and_register
 
-    s = get_settings()
-    store, lineage = Storage.from_settings(s), LineageStore.from_settings(s)
-    model_dir, row = registry.resolve(model, s, store, lineage)
-    report = compile_model(model_dir, s.text_encoder_cache)
-    engines = registry.publish_compiled(model_dir, row, report, s, store, lineage)
+    res = resources()
+    model_dir, row = res.registry.resolve(model)
+    report, engines = compile_and_register(res, model_dir, row)
     p = report["onnx"]["parity"]
     console.print(f"compiled {row['model_id']}: ONNX {report['onnx']['bytes'] / 1e6:.1f} MB, parity max abs error "
                   f"{p['max_abs_error']:.1e} on {p['pairs']} pairs; engines: {', '.join(engines)}; "
@@ -397,18 +360,20 @@ def render(
     source: str = typer.Argument(..., help="Prompt CSV: a local file or s3://bucket/key."),
     campaign: str = typer.Option(..., help="Campaign name (becomes part of every object key)."),
     backend: str = typer.Option("auto", help="auto | torch | onnxruntime | tensorrt"),
-    shard_size: int = typer.Option(2048, min=1, help="Images per shard."),
+    shard_size: int = typer.Option(get_settings().render_shard_size, min=1,
+                                   help="Images per shard (GEN_RENDER_SHARD_SIZE)."),
     model: str = typer.Option("production", help="Alias, model id, or a local model folder."),
 ) -> None:
     """Render a prompt CSV into s3://renders/<campaign>/<run>/ (the same code path as the DAG)."""
     from gen_engine.render.campaign import run_campaign
 
-    summary = run_campaign(source, campaign, get_settings(), model_ref=model, backend=backend, shard_size=shard_size)
+    res = resources()
+    summary = run_campaign(source, campaign, res, model_ref=model, backend=backend, shard_size=shard_size)
     c = summary["counts"]
     console.print(f"{c['rows_read']} rows read = {c['rows_accepted']} accepted + {c['rows_rejected']} rejected + "
                   f"{c['rows_blank']} blank; {c['images']} images "
                   f"({summary['images_rendered_now']} rendered now, {summary['throughput_images_per_s']:.1f} img/s)")
-    console.print(f"outputs: s3://{get_settings().bucket_renders}/{summary['prefix']} (index.html, manifest.csv, "
+    console.print(f"outputs: s3://{res.settings.bucket_renders}/{summary['prefix']} (index.html, manifest.csv, "
                   "rejected.csv, contact_sheet.png)")
 
 
@@ -418,24 +383,20 @@ def lineage_cmd(
     target: str = typer.Argument(..., help="An image's object key, s3:// URL, or a local image file."),
 ) -> None:
     """Trace an image: run -> CSV -> row -> prompt/seed -> model -> dataset -> training config -> code."""
-    from gen_engine.lineage import LineageStore
     from gen_engine.render.imagemeta import read_provenance
 
-    s = get_settings()
+    res = resources()
+    s = res.settings
     key = target.removeprefix("s3://").removeprefix(f"{s.bucket_renders}/")
     trace = None
     if not Path(target).is_file():
         try:
-            trace = LineageStore.from_settings(s).trace(key)
+            trace = res.lineage.trace(key)
         except Exception as e:  # database unreachable: say so, fall back to the file
             err_console.print(f"lineage database unreachable ({type(e).__name__}); reading the image's own metadata")
     if trace is None:
-        if Path(target).is_file():
-            data = Path(target).read_bytes()
-        else:
-            from gen_engine.storage import Storage
-
-            data = Storage.from_settings(s).get_bytes(s.bucket_renders, key)
+        local = Path(target).is_file()
+        data = Path(target).read_bytes() if local else res.storage.get_bytes(s.bucket_renders, key)
         trace = {"source": "embedded image metadata", **read_provenance(data)}
     else:
         trace = {"source": "lineage store", **trace}

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     )
 
     # --- retraining (generator_retrain DAG) ------------------------------------------------------------
+    retrain_schedule: str = Field("0 2 * * *", description="Cron schedule (UTC) of the nightly retrain; it also "
+                                                            "runs whenever a curated dataset is updated.")
     retrain_dataset: str = Field("starter", description="Curated dataset the nightly retrain trains on.")
     retrain_config: Path = Field(REPO / "configs" / "demo.yaml", description="Training config of the nightly "
                                  "retrain (the demo's: a short warm-started fine-tune of the starter model).")
@@ -80,12 +82,40 @@ class Settings(BaseSettings):
     compile_text_encoder: bool = Field(True, description="Also export the MiniLM text encoder to ONNX when "
                                                          "compiling (once per encoder version, shared by all models).")
 
+    eval_images: int = Field(500, ge=10, description="Held-out captions rendered per model when the nightly "
+                                                     "retrain evaluates challenger and champion.")
+
+    # --- dataset ingest (dataset_ingest DAG, `genengine dataset ingest`; see datasets.ingest.CurationConfig) ---
+    ingest_schedule: str = Field("*/10 * * * *", description="Cron schedule of the dataset_ingest DAG.")
+    ingest_image_size: int = Field(64, ge=8, description="Side of the stored training images (px): the largest "
+                                                        "training resolution.")
+    ingest_master_size: int = Field(256, ge=0, description="Side of the stored masters (px, never upscaled; 0: none).")
+    ingest_min_side: int = Field(32, ge=1, description="Images whose smaller side is below this are rejected.")
+    ingest_max_pixels: int = Field(40_000_000, ge=1, description="Decompression-bomb guard, read from the header.")
+    ingest_max_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest accepted image file (bytes).")
+    ingest_max_caption_chars: int = Field(1000, ge=1, description="Longest accepted caption (characters).")
+    ingest_val_percent: int = Field(5, ge=0, le=50, description="Percent of images held out (by content hash).")
+    ingest_min_records: int = Field(1, ge=1, description="A drop with fewer accepted records is rejected.")
+    ingest_max_rejected_fraction: float = Field(0.2, ge=0, le=1, description="A drop rejecting more is rejected.")
+    ingest_shard_records: int = Field(1000, ge=1, description="Records per curated parquet shard (~1 MB at 64 px).")
+
     # --- rendering ----------------------------------------------------------------------------------
     render_shard_size: int = Field(2048, ge=1, description="Images per render shard (one mapped Airflow task).")
+    render_batch_size: int = Field(32, ge=1, description="Images per inference batch (32: the CPU's sweet spot "
+                                                         "at 64 px; larger batches only add peak memory).")
+    render_io_threads: int = Field(8, ge=1, description="Threads that encode and upload rendered images.")
+    render_allowed_sizes: tuple[str, ...] = Field(
+        ("64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024"),
+        description="Sizes a CSV row may ask for (`size` column).")
+    render_default_format: str = Field("png", description="Format of rows that give none (png, webp, jpeg).")
+    render_default_variety: float = Field(1.0, ge=0, le=1, description="Variety of rows that give none.")
+    render_max_prompt_chars: int = Field(500, ge=1, description="Longest accepted prompt (characters).")
+    render_max_count: int = Field(16, ge=1, description="Most images one row may ask for (`count` column).")
 
     # --- Airflow ------------------------------------------------------------------------------------
     airflow_gpu_pool_slots: int = Field(1, ge=1, description="Slots of the Airflow pool `gpu`.")
     airflow_render_pool_slots: int = Field(2, ge=1, description="Slots of the Airflow pool `render`.")
+    airflow_gpu_queue: str = Field("default", description="Celery queue of the training task (a GPU worker's).")
     airflow_s3_conn_id: str = "gen_s3"
 
     @field_validator("s3_endpoint")

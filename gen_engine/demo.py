@@ -33,12 +33,13 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from gen_engine.config import Settings, get_settings
-from gen_engine.services import ServiceError, airflow_home, port_free
+from gen_engine.config import Settings
+from gen_engine.errors import GenEngineError
+from gen_engine.infra.services import ServiceError, airflow_home, port_free
 
 if TYPE_CHECKING:
-    from gen_engine.lineage import LineageStore
-    from gen_engine.storage import Storage
+    from gen_engine.infra.lineage import LineageStore
+    from gen_engine.infra.storage import Storage
 
 REPO = Path(__file__).resolve().parent.parent
 CAMPAIGN_CSV = REPO / "examples" / "campaigns" / "spring_sale.csv"
@@ -201,14 +202,17 @@ def _connect(ui: str, password: str, console: Console) -> AirflowAPI:
                        f"{ui} and the log in the Airflow home (standalone.log)")
 
 
+class DemoFailed(GenEngineError):
+    """A stage of the demo did not finish; the message points at its Airflow run or log."""
+
+
 def run_demo(console: Console) -> dict:
     """Everything through Airflow's scheduler: the demo only drops files, triggers and watches."""
-    from gen_engine.lineage import LineageStore
-    from gen_engine.storage import Storage
+    from gen_engine.resources import resources
 
     t0 = time.monotonic()
-    s = get_settings()
-    store, lineage = Storage.from_settings(s), LineageStore.from_settings(s)
+    res = resources()
+    s, store, lineage = res.settings, res.storage, res.lineage
     work = s.local_dir / "demo"
     work.mkdir(parents=True, exist_ok=True)
 
@@ -219,7 +223,7 @@ def run_demo(console: Console) -> dict:
 
     from gen_engine.bootstrap import bootstrap
 
-    boot = bootstrap(s, store, lineage)
+    boot = bootstrap(res)
     console.print(f"registry: {boot['reason']}")
 
     console.rule("2/5 dataset_ingest")
@@ -228,17 +232,17 @@ def run_demo(console: Console) -> dict:
     ingest_started = time.time()
     run_id = api.trigger("dataset_ingest")
     if api.wait("dataset_ingest", run_id, console) != "success":
-        raise RuntimeError(f"dataset_ingest failed; see {ui}/dags/dataset_ingest/runs/{run_id}")
+        raise DemoFailed(f"dataset_ingest failed; see {ui}/dags/dataset_ingest/runs/{run_id}")
     v = lineage.dataset_version(DEMO_DATASET)
     if v is None:
-        raise RuntimeError("dataset_ingest did not produce a curated version; see the Airflow log of the run")
+        raise DemoFailed("dataset_ingest did not produce a curated version; see the Airflow log of the run")
     console.print(f"curated: {DEMO_DATASET} v{v['version']} ({v['n_records']} records) at {v['uri']}")
 
     console.rule("3/5 generator_retrain (woken by the curated dataset's Asset; warm start, a few minutes on a CPU)")
     _wait_retrain(api, lineage, console, ingest_started)
     prod = lineage.resolve_alias("generator", "production")
     if prod is None:
-        raise RuntimeError(f"generator_retrain did not promote a model; see {ui}/dags/generator_retrain")
+        raise DemoFailed(f"generator_retrain did not promote a model; see {ui}/dags/generator_retrain")
     metrics = json.loads(prod["metrics_json"] or "{}")
     console.print(f"production model: {prod['model_id']} (version {prod['version']}); "
                   + (f"R-precision {metrics['r_precision']:.2f}, FD {metrics['fd']:.3f}" if metrics else ""))
@@ -320,6 +324,6 @@ def _wait_render(api: AirflowAPI, store: Storage, s: Settings, name: str, consol
             return done
         failed = claimed.replace("claimed/", "failed/", 1).removesuffix(".csv") + ".report.json"
         if store.exists(s.bucket_campaigns, failed):
-            raise RuntimeError(f"campaign_render failed: {store.get_bytes(s.bucket_campaigns, failed).decode()[:500]}")
+            raise DemoFailed(f"campaign_render failed: {store.get_bytes(s.bucket_campaigns, failed).decode()[:500]}")
         time.sleep(3)
     raise ServiceError(f"the campaign was not rendered within {timeout:.0f}s; see the Airflow UI")

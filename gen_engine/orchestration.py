@@ -1,7 +1,10 @@
 """What the Airflow DAGs do, as plain functions: the DAG files only wire these into tasks.
 
 Keeping this here means every step runs and is tested without Airflow, and the DAGs stay thin.
-Everything passed between steps is small JSON (keys, ids, counts); data moves through S3.
+Every step takes the process's `Resources` first (``gen_airflow.call`` passes them in a task).
+Everything passed between steps is small JSON (keys, ids, counts); data moves through S3. A step
+that finds the input unusable files it (failed/ with a report) and raises a `UserError`, which a
+task turns into a failure without retries.
 """
 
 from __future__ import annotations
@@ -14,20 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from gen_engine.config import Settings
-from gen_engine.lineage import LineageStore
-from gen_engine.render.csvin import slugify
-from gen_engine.storage import ObjectNotFound, Storage
+from gen_engine.errors import UserError
+from gen_engine.infra.storage import ObjectNotFound
+from gen_engine.naming import slugify
+from gen_engine.resources import Resources
 
 log = logging.getLogger(__name__)
 DROP_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
 # --- campaigns ---------------------------------------------------------------------------------------------
-def claim_incoming(settings: Settings, store: Storage) -> list[dict[str, str]]:
+def claim_incoming(res: Resources) -> list[dict[str, str]]:
     """Claim every CSV in ``campaigns/incoming/`` by moving it to ``claimed/`` (exactly once, even when
     watchers overlap). The claimed name carries the content's ETag, so a second drop of the same file
     name while the first is in flight never overwrites it."""
-    bucket, claims = settings.bucket_campaigns, []
+    store, bucket, claims = res.storage, res.settings.bucket_campaigns, []
     for obj in store.list(bucket, "incoming/"):
         name = obj.key.removeprefix("incoming/")
         if "/" in name or not name.lower().endswith(".csv"):
@@ -40,9 +44,9 @@ def claim_incoming(settings: Settings, store: Storage) -> list[dict[str, str]]:
     return claims
 
 
-def finish_campaign(settings: Settings, store: Storage, csv_key: str, ok: bool, report: dict[str, Any]) -> str:
+def finish_campaign(res: Resources, csv_key: str, ok: bool, report: dict[str, Any]) -> str:
     """Move a claimed CSV to ``processed/`` or ``failed/``; a report JSON goes beside it. Returns the new key."""
-    bucket = settings.bucket_campaigns
+    store, bucket = res.storage, res.settings.bucket_campaigns
     name = csv_key.removeprefix("claimed/")
     dest = ("processed/" if ok else "failed/") + name
     try:
@@ -57,19 +61,19 @@ def finish_campaign(settings: Settings, store: Storage, csv_key: str, ok: bool, 
 
 
 # --- dataset drops ------------------------------------------------------------------------------------------
-def find_drops(settings: Settings, store: Storage) -> list[dict[str, str]]:
+def find_drops(res: Resources) -> list[dict[str, str]]:
     """Drops waiting in ``datasets/raw/<dataset>/<drop>.{zip,tar,...}``."""
     out = []
-    for obj in store.list(settings.bucket_datasets, "raw/"):
+    for obj in res.storage.list(res.settings.bucket_datasets, "raw/"):
         parts = obj.key.split("/")
         if len(parts) == 3 and obj.key.lower().endswith(DROP_SUFFIXES):
             out.append({"key": obj.key, "dataset": parts[1]})
     return out
 
 
-def finish_drop(settings: Settings, store: Storage, key: str, ok: bool, report: dict[str, Any]) -> str:
+def finish_drop(res: Resources, key: str, ok: bool, report: dict[str, Any]) -> str:
     """Move a drop from raw/ to done/ or failed/ with its report beside it."""
-    bucket = settings.bucket_datasets
+    store, bucket = res.storage, res.settings.bucket_datasets
     dest = ("done/" if ok else "failed/") + key.removeprefix("raw/")
     store.copy(bucket, key, dest)
     store.delete(bucket, key)
@@ -83,9 +87,14 @@ def config_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def retrain_decision(settings: Settings, lineage: LineageStore, dataset: str, config_path: Path,
+def retrain_decision(res: Resources, dataset: str | None = None, config_path: Path | None = None,
                      model_name: str = "generator") -> dict[str, Any]:
-    """Skip when neither the data (latest curated version) nor the training config changed since production."""
+    """Skip when neither the data (latest curated version) nor the training config changed since production.
+
+    dataset, config_path: default the settings' ``retrain_dataset`` and ``retrain_config``."""
+    lineage = res.lineage
+    dataset = dataset or res.settings.retrain_dataset
+    config_path = Path(config_path or res.settings.retrain_config)
     version = lineage.dataset_version(dataset)
     if version is None:
         return {"train": False, "reason": f"no curated version of '{dataset}' yet"}
@@ -127,82 +136,94 @@ def gate(challenger: dict[str, float], champion: dict[str, float] | None, settin
                   f"{challenger['r_precision']:.3f} vs {champion['r_precision']:.3f}")
 
 
-def train_candidate(settings: Settings, store: Storage, lineage: LineageStore, decision: dict[str, Any],
-                    device: str = "auto", steps: int | None = None) -> dict[str, Any]:
-    """Train on the decided dataset version and register the result (not yet promoted)."""
-    from gen_engine import registry
-    from gen_engine.training.loop import TrainConfig, TrainData, Trainer
+def train_candidate(res: Resources, decision: dict[str, Any], device: str | None = None,
+                    steps: int | None = None) -> dict[str, Any]:
+    """Train on the decided dataset version and register the result (not yet promoted).
+
+    device: default the settings' ``retrain_device``."""
+    from gen_engine.datasets.curated import TrainData
+    from gen_engine.training.config import TrainConfig
+    from gen_engine.training.trainer import Trainer
 
     cfg = TrainConfig.from_yaml(Path(decision["config"]), **({"steps": steps} if steps else {}))
-    data = TrainData.from_curated(f"{decision['dataset']}@v{decision['dataset_version']}", settings, cfg.resolution)
+    settings = res.settings
+    data = TrainData.from_curated(f"{decision['dataset']}@v{decision['dataset_version']}", res, cfg.resolution)
     run_dir = settings.local_dir / "runs" / f"{cfg.name}-{decision['dataset_version_id']}-{decision['config_hash']}"
-    init, parent = registry.resolve_init(cfg.init_from, settings, store, lineage)
+    init, parent = res.registry.resolve_init(cfg.init_from)
     if parent is not None:  # a warm start from another champion is another run
         run_dir = run_dir.with_name(f"{run_dir.name}-from-{parent}")
-    trainer = Trainer(cfg, data, run_dir, device=device, init=init, parent=parent)
+    trainer = Trainer(cfg, data, run_dir, device=device or settings.retrain_device, init=init, parent=parent)
     trainer.resume()
     t0 = time.monotonic()
     trainer.train(progress=False)
     model_dir = trainer.export({"config_hash": decision["config_hash"]})
-    row = registry.publish(model_dir, settings, store, lineage, dataset_version_id=data.dataset_version_id)
+    row = res.registry.publish(model_dir, dataset_version_id=data.dataset_version_id)
     return {"model_id": row["model_id"], "version": row["version"], "train_seconds": time.monotonic() - t0,
             "steps": trainer.step, "parent_model": parent}
 
 
-def evaluate_candidates(settings: Settings, store: Storage, lineage: LineageStore, challenger_id: str,
-                        decision: dict[str, Any], model_name: str = "generator") -> dict[str, Any]:
+def evaluate_candidates(res: Resources, challenger_id: str, decision: dict[str, Any],
+                        model_name: str = "generator") -> dict[str, Any]:
     """Challenger and champion evaluated on the same held-out split of the current dataset version."""
-    from gen_engine import registry
+    from gen_engine.datasets.curated import TrainData
     from gen_engine.evaluation import evaluate_model
-    from gen_engine.training.loop import TrainData
 
     ref = f"{decision['dataset']}@v{decision['dataset_version']}"
     out: dict[str, Any] = {}
+    settings, lineage = res.settings, res.lineage
     prod = lineage.resolve_alias(model_name, "production")
     for role, model_id in (("challenger", challenger_id), ("champion", prod["model_id"] if prod else None)):
         if model_id is None:
             out[role] = None
             continue
-        model_dir, _ = registry.resolve(model_id, settings, store, lineage)
-        res = json.loads((model_dir / "model.json").read_text())["architecture"]["resolution"]
-        train, held = (TrainData.from_curated(ref, settings, res, split=s) for s in ("train", "val"))
+        model_dir, _ = res.registry.resolve(model_id)
+        resolution = json.loads((model_dir / "model.json").read_text())["architecture"]["resolution"]
+        train, held = (TrainData.from_curated(ref, res, resolution, split=s) for s in ("train", "val"))
         if len(held) < 8:
             held = train  # tiny datasets: no usable val split
         out[role] = {"model_id": model_id, **evaluate_model(model_dir, train, held,
-                                                            settings.local_dir / "cache" / "eval", n=500,
+                                                            settings.local_dir / "cache" / "eval",
+                                                            n=settings.eval_images,
                                                             encoder_steps=settings.eval_encoder_steps)}
     lineage.update_model_metrics(challenger_id, out["challenger"])
     return out
 
 
-def promote(settings: Settings, store: Storage, lineage: LineageStore, challenger_id: str,
-            model_name: str = "generator") -> dict[str, Any]:
-    """Compile the challenger (ONNX, TensorRT where present), register engines, move `production` to it."""
-    from gen_engine import registry
+def compile_and_register(res: Resources, model_dir: Path, row: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Compile a resolved model (ONNX, TensorRT where present, the text encoder once per version) and
+    register its engines; returns the compile report and the engines' backends."""
     from gen_engine.compile.onnx_export import compile_model
+    from gen_engine.compile.text_onnx import text_encoder_folder
 
-    model_dir, row = registry.resolve(challenger_id, settings, store, lineage)
-    report = compile_model(model_dir, settings.text_encoder_cache)
-    engines = registry.publish_compiled(model_dir, row, report, settings, store, lineage)
-    lineage.set_alias(model_name, "production", challenger_id)
+    cache = res.settings.text_encoder_cache
+    report = compile_model(model_dir, cache)
+    text = report.get("text_encoder")
+    text_file = text_encoder_folder(cache) / text["file"] if text and cache is not None else None
+    return report, res.registry.publish_compiled(model_dir, row, report, text_file)
+
+
+def promote(res: Resources, challenger_id: str, model_name: str = "generator") -> dict[str, Any]:
+    """Compile the challenger (ONNX, TensorRT where present), register engines, move `production` to it."""
+    model_dir, row = res.registry.resolve(challenger_id)
+    report, engines = compile_and_register(res, model_dir, row)
+    res.lineage.set_alias(model_name, "production", challenger_id)
     return {"model_id": challenger_id, "engines": engines, "parity": report["onnx"]["parity"]}
 
 
 # --- campaign rendering, step by step (the campaign_render DAG) ------------------------------------------
-class CampaignFailed(RuntimeError):
+class CampaignFailed(UserError):
     """The campaign cannot be rendered (bad file); the CSV is already in failed/ with its report."""
 
 
-def plan_campaign(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+def plan_campaign(res: Resources, params: dict[str, Any]) -> dict[str, Any]:
     """Claim (if still in incoming/), pin the model, validate and plan. Small JSON for XCom."""
-    from gen_engine import registry
     from gen_engine.render.campaign import prepare
     from gen_engine.render.csvin import CsvError
 
-    store, lineage = Storage.from_settings(settings), LineageStore.from_settings(settings)
+    settings, store = res.settings, res.storage
     bucket, csv_key = settings.bucket_campaigns, params["csv_key"]
     if not csv_key:
-        raise ValueError("params.csv_key is empty: give the CSV's key in the campaigns bucket")
+        raise UserError("params.csv_key is empty: give the CSV's key in the campaigns bucket")
     campaign = params.get("campaign") or slugify(Path(csv_key).stem.split(".")[0])
     if csv_key.startswith("incoming/"):
         etag = store.stat(bucket, csv_key).etag
@@ -210,76 +231,73 @@ def plan_campaign(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
         if not store.claim(bucket, csv_key, claimed):
             raise CampaignFailed(f"{csv_key} was claimed by another run")
         csv_key = claimed
-    _, model = registry.resolve(params.get("model") or "production", settings, store, lineage)
+    _, model = res.registry.resolve(params.get("model") or "production")
     try:
         plan = prepare(f"s3://{bucket}/{csv_key}", campaign, settings, store, model_ref=model["model_id"],
                        backend=params.get("backend") or "auto",
                        shard_size=int(params.get("shard_size") or settings.render_shard_size))
     except (CsvError, ValueError) as e:
-        finish_campaign(settings, store, csv_key, False, {"error": str(e), "stage": "validate"})
+        finish_campaign(res, csv_key, False, {"error": str(e), "stage": "validate"})
         raise CampaignFailed(str(e)) from None
     return {"plan_key": f"{plan.prefix}work/plan.json", "csv_key": csv_key, "campaign": plan.campaign,
             "run_id": plan.run_id, "shards": plan.shards, "stats": plan.stats}
 
 
-def _load_plan(settings: Settings, store: Storage, plan_key: str) -> Any:
-    from gen_engine.render.campaign import Plan
+def _load_plan(res: Resources, plan_key: str) -> Any:
+    from gen_engine.render.plan import Plan
 
-    return Plan.from_json(json.loads(store.get_bytes(settings.bucket_renders, plan_key)))
+    return Plan.from_json(json.loads(res.storage.get_bytes(res.settings.bucket_renders, plan_key)))
 
 
-def render_planned_shard(settings: Settings, plan_key: str, index: int) -> dict[str, Any]:
-    from gen_engine import registry
-    from gen_engine.render.campaign import RenderEnv, render_shard
+def render_planned_shard(res: Resources, plan_key: str, index: int) -> dict[str, Any]:
+    from gen_engine.render.shard import RenderEnv, render_shard
     from gen_engine.runtime import load_backend
     from gen_engine.text import shared_encoder
 
-    store, lineage = Storage.from_settings(settings), LineageStore.from_settings(settings)
-    plan = _load_plan(settings, store, plan_key)
-    model_dir, model = registry.resolve(plan.model_ref, settings, store, lineage)
-    env = RenderEnv(load_backend(plan.backend, model_dir), model, shared_encoder())
-    return render_shard(plan, index, settings, store, env)
+    plan = _load_plan(res, plan_key)
+    model_dir, model = res.registry.resolve(plan.model_ref)
+    env = RenderEnv.from_settings(load_backend(plan.backend, model_dir), model, shared_encoder(), res.settings)
+    return render_shard(plan, index, res.settings, res.storage, env)
 
 
-def finalize_campaign(settings: Settings, plan_key: str, results: list[dict[str, Any]]) -> dict[str, Any]:
-    from gen_engine import registry
-    from gen_engine.render.campaign import finalize
+def finalize_campaign(res: Resources, plan_key: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+    from gen_engine.render.finalize import finalize
 
-    store, lineage = Storage.from_settings(settings), LineageStore.from_settings(settings)
-    plan = _load_plan(settings, store, plan_key)
-    _, model = registry.resolve(plan.model_ref, settings, store, lineage)
+    settings = res.settings
+    plan = _load_plan(res, plan_key)
+    _, model = res.registry.resolve(plan.model_ref)
     backend = next((r.get("backend") for r in results if r.get("backend")), plan.backend)
-    summary = finalize(plan, settings, store, lineage, model, backend, results)
-    finish_campaign(settings, store, plan.csv_key.removeprefix(f"{settings.bucket_campaigns}/"), True,
+    summary = finalize(plan, settings, res.storage, res.lineage, model, backend, results)
+    finish_campaign(res, plan.csv_key.removeprefix(f"{settings.bucket_campaigns}/"), True,
                     {"summary": f"s3://{settings.bucket_renders}/{plan.prefix}summary.json", **summary["counts"]})
     return {"prefix": summary["prefix"], "counts": summary["counts"]}
 
 
-def fail_campaign(settings: Settings, csv_key: str, reason: str) -> str | None:
+def fail_campaign(res: Resources, csv_key: str, reason: str) -> str | None:
     """Move the CSV to failed/ unless it was already moved (by the step that knew the reason)."""
     if not csv_key:
         return None  # a manual run with an empty form: there is no file to move
-    store = Storage.from_settings(settings)
-    csv_key = csv_key.removeprefix(f"{settings.bucket_campaigns}/")
-    if not store.exists(settings.bucket_campaigns, csv_key):
+    csv_key = csv_key.removeprefix(f"{res.settings.bucket_campaigns}/")
+    if not res.storage.exists(res.settings.bucket_campaigns, csv_key):
         return None
-    return finish_campaign(settings, store, csv_key, False, {"error": reason})
+    return finish_campaign(res, csv_key, False, {"error": reason})
 
 
-def ingest_and_file(settings: Settings, drop: dict[str, str]) -> dict[str, Any]:
-    """Ingest one raw drop and move it to done/ or failed/ with its report (the dataset_ingest DAG)."""
-    from gen_engine.datasets.ingest import DropRejected, ingest
-    from gen_engine.datasets.readers import DropError
+def ingest_and_file(res: Resources, drop: dict[str, str]) -> dict[str, Any]:
+    """Ingest one raw drop and move it to done/ or failed/ with its report (the dataset_ingest DAG).
 
-    store, lineage = Storage.from_settings(settings), LineageStore.from_settings(settings)
-    try:
-        r = ingest(f"s3://{settings.bucket_datasets}/{drop['key']}", drop["dataset"], settings, store, lineage)
-    except (DropRejected, DropError) as e:
-        report = getattr(e, "report", {"error": str(e)})
-        finish_drop(settings, store, drop["key"], False, {"error": str(e), **report})
-        return {"ok": False, "error": str(e), "dataset": drop["dataset"]}
+    A drop that fails its checks is filed under failed/ first, then its `UserError` is raised again."""
     from dataclasses import asdict
 
+    from gen_engine.datasets.ingest import ingest
+
+    bucket = res.settings.bucket_datasets
+    try:
+        r = ingest(f"s3://{bucket}/{drop['key']}", drop["dataset"], res)
+    except UserError as e:
+        report = getattr(e, "report", {"error": str(e)})
+        finish_drop(res, drop["key"], False, {"error": str(e), **report})
+        raise
     result = asdict(r)
-    finish_drop(settings, store, drop["key"], True, result)
-    return {"ok": True, **result, "asset_uri": f"s3://{settings.bucket_datasets}/curated/{r.dataset}"}
+    finish_drop(res, drop["key"], True, result)
+    return {**result, "asset_uri": f"s3://{bucket}/curated/{r.dataset}"}

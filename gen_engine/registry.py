@@ -8,13 +8,21 @@ Aliases (``production``) live in the lineage store. Resolving downloads into a l
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gen_engine.config import Settings
-from gen_engine.lineage import LineageStore
-from gen_engine.storage import Storage
-from gen_engine.training.checkpoint import model_id_for
+from gen_engine.errors import UserError
+from gen_engine.hashing import sha256_file
+from gen_engine.models.artifact import model_id_for
+
+if TYPE_CHECKING:
+    from gen_engine.config import Settings
+    from gen_engine.infra.lineage import LineageStore
+    from gen_engine.infra.storage import Storage
+    from gen_engine.resources import Resources
+
+log = logging.getLogger(__name__)
 
 MODEL_FILES = ("generator.safetensors", "model.json")
 # Travels with a model when present: the discriminator a warm start fine-tunes against (training only).
@@ -22,116 +30,125 @@ OPTIONAL_FILES = ("discriminator.safetensors",)
 COMPILED_FILES = ("generator.onnx", "compile_report.json", "generator.plan", "generator.plan.json")
 
 
-def publish(model_dir: Path, settings: Settings, store: Storage, lineage: LineageStore, *,
-            dataset_version_id: str | None = None, metrics: dict[str, Any] | None = None,
-            alias: str | None = None) -> dict[str, Any]:
-    """Upload a model folder and register it; optionally point an alias at it. Returns its lineage row."""
-    meta = json.loads((Path(model_dir) / "model.json").read_text())
-    name = meta.get("name", "generator")
-    model_id = model_id_for(model_dir, name)
-    prefix = f"{name}/{model_id}/"
-    for f in (*MODEL_FILES, *(o for o in OPTIONAL_FILES if (Path(model_dir) / o).exists())):
-        store.put_file(settings.bucket_models, prefix + f, Path(model_dir) / f,
-                       metadata={"model-id": model_id, "code-version": meta.get("code_version", "")})
-    lineage.register_model(name, model_id, uri=f"s3://{settings.bucket_models}/{prefix}",
-                           dataset_version_id=dataset_version_id, config=meta, metrics=metrics or {},
-                           code_version=meta.get("code_version", "unknown"), parent_model_id=meta.get("parent_model"))
-    if alias:
-        lineage.set_alias(name, alias, model_id)
-    row = lineage.model(model_id)
-    assert row is not None
-    return row
+class ModelRegistry:
+    """Models in S3 + the lineage store: publish, resolve (downloaded once into the local cache), aliases."""
+
+    def __init__(self, res: Resources) -> None:
+        """``res``: S3 and the lineage store are reached through it on first use (a local folder needs neither)."""
+        self.res = res
+
+    @property
+    def settings(self) -> Settings:
+        return self.res.settings
+
+    @property
+    def store(self) -> Storage:
+        return self.res.storage
+
+    @property
+    def lineage(self) -> LineageStore:
+        return self.res.lineage
 
 
-def resolve(ref: str, settings: Settings, store: Storage, lineage: LineageStore,
-            name: str = "generator") -> tuple[Path, dict[str, Any]]:
-    """A local folder for a model reference: an alias ('production'), a model id, or a local folder."""
-    if Path(ref).is_dir() and (Path(ref) / "model.json").exists():
-        meta = json.loads((Path(ref) / "model.json").read_text())
-        return Path(ref), {"model_id": model_id_for(Path(ref), meta.get("name", name)), "name": meta.get("name"),
-                           "version": None, "uri": str(Path(ref).resolve()), "dataset_version_id": None,
-                           "code_version": meta.get("code_version", "unknown")}
-    row = lineage.resolve_alias(name, ref) or lineage.model(ref)
-    if row is None:
-        raise ValueError(f"no model '{ref}': not an alias of '{name}', a model id, or a model folder. "
-                         "Train and publish one first (`genengine train ... --publish`).")
-    local = settings.local_dir / "cache" / "models" / row["model_id"]
-    prefix = row["uri"].removeprefix(f"s3://{settings.bucket_models}/")
-    if not all((local / f).exists() for f in MODEL_FILES):
-        for f in MODEL_FILES:
-            store.get_file(settings.bucket_models, prefix + f, local / f)
-        for f in OPTIONAL_FILES:
-            if store.exists(settings.bucket_models, prefix + f):
-                store.get_file(settings.bucket_models, prefix + f, local / f)
-    # Compiled artifacts travel with the model when they exist (registered engines).
-    for eng in lineage.engines(row["model_id"]):
-        name = eng["uri"].rsplit("/", 1)[-1]
-        if not (local / name).exists():
-            for f in [name, *(c for c in COMPILED_FILES if c.startswith(name) and c != name)]:
-                if store.exists(settings.bucket_models, prefix + f):
-                    store.get_file(settings.bucket_models, prefix + f, local / f)
-    return local, row
+    def publish(self, model_dir: Path, *, dataset_version_id: str | None = None, metrics: dict[str, Any] | None = None,
+                alias: str | None = None) -> dict[str, Any]:
+        """Upload a model folder and register it; optionally point an alias at it. Returns its lineage row."""
+        meta = json.loads((Path(model_dir) / "model.json").read_text())
+        name = meta.get("name", "generator")
+        model_id = model_id_for(model_dir, name)
+        prefix = f"{name}/{model_id}/"
+        for f in (*MODEL_FILES, *(o for o in OPTIONAL_FILES if (Path(model_dir) / o).exists())):
+            self.store.put_file(self.settings.bucket_models, prefix + f, Path(model_dir) / f,
+                           metadata={"model-id": model_id, "code-version": meta.get("code_version", "")})
+        self.lineage.register_model(name, model_id, uri=f"s3://{self.settings.bucket_models}/{prefix}",
+                               dataset_version_id=dataset_version_id, config=meta, metrics=metrics or {},
+                               code_version=meta.get("code_version", "unknown"),
+                                    parent_model_id=meta.get("parent_model"))
+        if alias:
+            self.lineage.set_alias(name, alias, model_id)
+        row = self.lineage.model(model_id)
+        assert row is not None
+        return row
 
+    def resolve(self, ref: str, name: str = "generator") -> tuple[Path, dict[str, Any]]:
+        """A local folder for a model reference: an alias ('production'), a model id, or a local folder."""
+        if Path(ref).is_dir() and (Path(ref) / "model.json").exists():
+            meta = json.loads((Path(ref) / "model.json").read_text())
+            return Path(ref), {"model_id": model_id_for(Path(ref), meta.get("name", name)), "name": meta.get("name"),
+                               "version": None, "uri": str(Path(ref).resolve()), "dataset_version_id": None,
+                               "code_version": meta.get("code_version", "unknown")}
+        row = self.lineage.resolve_alias(name, ref) or self.lineage.model(ref)
+        if row is None:
+            raise UserError(f"no model '{ref}': not an alias of '{name}', a model id, or a model folder. "
+                             "Train and publish one first (`genengine train ... --publish`).")
+        local = self.settings.local_dir / "cache" / "models" / row["model_id"]
+        prefix = row["uri"].removeprefix(f"s3://{self.settings.bucket_models}/")
+        if not all((local / f).exists() for f in MODEL_FILES):
+            for f in MODEL_FILES:
+                self.store.get_file(self.settings.bucket_models, prefix + f, local / f)
+            for f in OPTIONAL_FILES:
+                if self.store.exists(self.settings.bucket_models, prefix + f):
+                    self.store.get_file(self.settings.bucket_models, prefix + f, local / f)
+        # Compiled artifacts travel with the model when they exist (registered engines).
+        for eng in self.lineage.engines(row["model_id"]):
+            name = eng["uri"].rsplit("/", 1)[-1]
+            if not (local / name).exists():
+                for f in [name, *(c for c in COMPILED_FILES if c.startswith(name) and c != name)]:
+                    if self.store.exists(self.settings.bucket_models, prefix + f):
+                        self.store.get_file(self.settings.bucket_models, prefix + f, local / f)
+        return local, row
 
-def publish_compiled(model_dir: Path, row: dict[str, Any], report: dict[str, Any], settings: Settings,
-                     store: Storage, lineage: LineageStore) -> list[str]:
-    """Upload what `compile_model` produced beside the model in S3 and register each engine.
+    def publish_compiled(self, model_dir: Path, row: dict[str, Any], report: dict[str, Any],
+                         text_file: Path | None = None) -> list[str]:
+        """Upload what `compile_model` produced beside the model in S3 and register each engine.
 
-    The text encoder's ONNX file is the same for every model: it goes once to a content-addressed key
-    under ``text_encoder/`` and the model's compile report points to it.
-    """
-    prefix = row["uri"].removeprefix(f"s3://{settings.bucket_models}/")
-    text = report.get("text_encoder")
-    if text and "uri" not in text:
-        from gen_engine.compile.text_onnx import text_encoder_folder
+        The text encoder's ONNX file (``text_file``, where the report has one) is the same for every model:
+        it goes once to a content-addressed key under ``text_encoder/`` and the model's report points to it.
+        """
+        prefix = row["uri"].removeprefix(f"s3://{self.settings.bucket_models}/")
+        text = report.get("text_encoder")
+        if text and "uri" not in text:
+            if text_file is None:
+                raise ValueError("the compile report has a text encoder: give its ONNX file (text_file)")
+            key = f"text_encoder/{text['encoder']}-{text['sha256'][:12]}/{text['file']}"
+            if not self.store.exists(self.settings.bucket_models, key):
+                self.store.put_file(self.settings.bucket_models, key, text_file)
+            text["uri"] = f"s3://{self.settings.bucket_models}/{key}"
+            (Path(model_dir) / "compile_report.json").write_text(json.dumps(report, indent=1))
+        for f in COMPILED_FILES:
+            if (Path(model_dir) / f).exists():
+                self.store.put_file(self.settings.bucket_models, prefix + f, Path(model_dir) / f)
+        engines = []
+        onnx = report["onnx"]
+        self.lineage.register_engine(f"{row['model_id']}-onnx-{onnx['sha256'][:12]}", row["model_id"],
+                                     backend="onnxruntime", uri=row["uri"] + onnx["file"], sha256=onnx["sha256"],
+                                     key={"opset": onnx["opset"], "onnxruntime": report["versions"]["onnxruntime"]},
+                                     report=report)
+        engines.append("onnxruntime")
+        if text:
+            self.lineage.register_engine(f"{row['model_id']}-text-{text['sha256'][:12]}", row["model_id"],
+                                         backend="onnxruntime-text", uri=text["uri"], sha256=text["sha256"],
+                                         key={"opset": text["opset"], "encoder": text["package"]}, report=text)
+            engines.append("onnxruntime-text")
+        trt = report.get("tensorrt", {})
+        if trt.get("built"):  # pragma: no cover (GPU hosts only)
+            plan = Path(model_dir) / trt["file"]
+            self.lineage.register_engine(f"{row['model_id']}-trt-{sha256_file(plan)[:12]}", row["model_id"],
+                                         backend="tensorrt", uri=row["uri"] + trt["file"], sha256=sha256_file(plan),
+                                         key=trt["key"], report=report)
+            engines.append("tensorrt")
+        return engines
 
-        key = f"text_encoder/{text['encoder']}-{text['sha256'][:12]}/{text['file']}"
-        if not store.exists(settings.bucket_models, key):
-            store.put_file(settings.bucket_models, key, text_encoder_folder(settings.text_encoder_cache) / text["file"])
-        text["uri"] = f"s3://{settings.bucket_models}/{key}"
-        (Path(model_dir) / "compile_report.json").write_text(json.dumps(report, indent=1))
-    for f in COMPILED_FILES:
-        if (Path(model_dir) / f).exists():
-            store.put_file(settings.bucket_models, prefix + f, Path(model_dir) / f)
-    engines = []
-    onnx = report["onnx"]
-    lineage.register_engine(f"{row['model_id']}-onnx-{onnx['sha256'][:12]}", row["model_id"], backend="onnxruntime",
-                            uri=row["uri"] + onnx["file"], sha256=onnx["sha256"],
-                            key={"opset": onnx["opset"], "onnxruntime": report["versions"]["onnxruntime"]},
-                            report=report)
-    engines.append("onnxruntime")
-    if text:
-        lineage.register_engine(f"{row['model_id']}-text-{text['sha256'][:12]}", row["model_id"],
-                                backend="onnxruntime-text", uri=text["uri"], sha256=text["sha256"],
-                                key={"opset": text["opset"], "encoder": text["package"]}, report=text)
-        engines.append("onnxruntime-text")
-    trt = report.get("tensorrt", {})
-    if trt.get("built"):  # pragma: no cover (GPU hosts only)
-        from gen_engine.hashing import sha256_file
+    def resolve_init(self, init_from: str, name: str = "generator") -> tuple[Path | None, str | None]:
+        """A training config's ``init_from`` as (model folder, model id), or (None, None) to train from scratch.
 
-        plan = Path(model_dir) / trt["file"]
-        lineage.register_engine(f"{row['model_id']}-trt-{sha256_file(plan)[:12]}", row["model_id"],
-                                backend="tensorrt", uri=row["uri"] + trt["file"], sha256=sha256_file(plan),
-                                key=trt["key"], report=report)
-        engines.append("tensorrt")
-    return engines
-
-
-def resolve_init(init_from: str, settings: Settings, store: Storage | None, lineage: LineageStore,
-                 name: str = "generator") -> tuple[Path | None, str | None]:
-    """A training config's ``init_from`` as (model folder, model id), or (None, None) to train from scratch.
-
-    An alias that points nowhere yet (no production model on a new registry) means from scratch, said in
-    the log; any other reference that resolves to nothing is an error."""
-    import logging
-
-    if init_from in ("", "none"):
-        return None, None
-    if store is None and not Path(init_from).is_dir():
-        raise ValueError(f"init_from '{init_from}' needs the registry (S3); give a model folder instead")
-    if not Path(init_from).is_dir() and lineage.model(init_from) is None \
-            and lineage.resolve_alias(name, init_from) is None and not init_from.startswith(f"{name}-"):
-        logging.getLogger(__name__).warning("init_from '%s': no such model yet; training from scratch", init_from)
-        return None, None
-    model_dir, row = resolve(init_from, settings, store, lineage, name=name)  # type: ignore[arg-type]
-    return model_dir, row["model_id"]
+        An alias that points nowhere yet (no production model on a new registry) means from scratch, said in
+        the log; any other reference that resolves to nothing is an error."""
+        if init_from in ("", "none"):
+            return None, None
+        if not Path(init_from).is_dir() and self.lineage.model(init_from) is None \
+                and self.lineage.resolve_alias(name, init_from) is None and not init_from.startswith(f"{name}-"):
+            log.warning("init_from '%s': no such model yet; training from scratch", init_from)
+            return None, None
+        model_dir, row = self.resolve(init_from, name=name)
+        return model_dir, row["model_id"]

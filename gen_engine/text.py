@@ -15,11 +15,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gen_engine.errors import UserError
+
 EMBED_DIM = 384
 MODEL_NAME = "all-MiniLM-L6-v2"
 
 
-class TextEncoderMissing(RuntimeError):
+class TextEncoderMissing(UserError):
     """The offline MiniLM package is not installed."""
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from gen_engine.config import Settings
-from gen_engine.services import LocalS3, S3Ports
-from gen_engine.storage import Storage
+from gen_engine.infra.services import LocalS3, S3Ports
+from gen_engine.infra.storage import Storage
 
 BUCKETS = ["datasets", "models", "campaigns", "renders"]
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from gen_engine.hashing import sha256_file
-from gen_engine.training.checkpoint import load_generator
+from gen_engine.models.artifact import load_generator
 
 log = logging.getLogger(__name__)
 OPSET = 17

@@ -32,7 +32,7 @@ import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -40,9 +40,13 @@ from PIL import Image
 from gen_engine.config import Settings
 from gen_engine.datasets.images import split_of, square
 from gen_engine.datasets.readers import RawRecord, RawReject, read_drop
-from gen_engine.lineage import LineageStore
-from gen_engine.render.csvin import slugify
-from gen_engine.storage import Storage
+from gen_engine.errors import UserError
+from gen_engine.infra.storage import Storage
+from gen_engine.naming import slugify
+from gen_engine.sheets import contact_sheet
+
+if TYPE_CHECKING:
+    from gen_engine.resources import Resources
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 2000
@@ -64,8 +68,18 @@ class CurationConfig:
     max_rejected_fraction: float = 0.2
     shard_records: int = 1000  # ~1 MB shards at 64 px; smaller shards keep peak memory flat with drop size
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CurationConfig:
+        """The deployment's curation thresholds (``GEN_INGEST_*``); the defaults above are the settings'."""
+        return cls(size=settings.ingest_image_size, master_size=settings.ingest_master_size,
+                   min_side=settings.ingest_min_side, max_pixels=settings.ingest_max_pixels,
+                   max_bytes=settings.ingest_max_bytes, max_caption=settings.ingest_max_caption_chars,
+                   val_percent=settings.ingest_val_percent, min_records=settings.ingest_min_records,
+                   max_rejected_fraction=settings.ingest_max_rejected_fraction,
+                   shard_records=settings.ingest_shard_records)
 
-class DropRejected(RuntimeError):
+
+class DropRejected(UserError):
     """The drop failed its drop-level expectations; ``report`` says which and by how much."""
 
     def __init__(self, message: str, report: dict[str, Any]) -> None:
@@ -152,89 +166,128 @@ def _fetch(source: str, store: Storage, tmp: Path) -> tuple[Path, str]:
         return store.get_file(bucket, key, tmp / Path(key).name), f"{bucket}/{key}"
     p = Path(source)
     if not p.exists():
-        raise FileNotFoundError(f"no dataset drop at {source}: give a zip, a tar, a folder, or s3://bucket/key")
+        raise UserError(f"no dataset drop at {source}: give a zip, a tar, a folder, or s3://bucket/key")
     return p, str(p.resolve())
 
 
-def ingest(source: str, name: str, settings: Settings, store: Storage, lineage: LineageStore,
-           cfg: CurationConfig = CurationConfig()) -> IngestResult:
-    """Validate and publish one drop (see the module docstring). Raises DropRejected or DropError."""
-    from gen_engine.validation import SuiteRunner, upload_docs
+@dataclass
+class _Intake:
+    """The checked records of one drop: accepted images (bytes in a scratch file) and rejected records."""
 
+    scratch: Any  # binary file: each image's training copy, then its master
+    images: dict[str, dict[str, Any]] = field(default_factory=dict)  # content hash -> offsets, size, captions
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    records_in: int = 0
+    duplicates: int = 0
+
+    @property
+    def accepted(self) -> int:
+        return sum(len(e["captions"]) for e in self.images.values())
+
+
+def check_records(items: Any, cfg: CurationConfig, store: Storage, bucket: str, quarantine: str, source_key: str,
+                  scratch: Any) -> _Intake:
+    """Step 1: every record checked; bad ones quarantined with their reason and bytes, duplicates merged.
+    Memory holds ~100 bytes per image whatever the drop size (image bytes go to ``scratch``)."""
     t0 = time.monotonic()
-    dataset = slugify(name)
-    if not dataset:
-        raise ValueError(f"dataset name '{name}' has no usable characters")
-    bucket = settings.bucket_datasets
-    with tempfile.TemporaryDirectory() as td:
-        path, source_key = _fetch(source, store, Path(td))
-        fmt, items = read_drop(path)
-        drop_id = hashlib.sha256(source_key.encode()).hexdigest()[:12]
-        quarantine = f"quarantine/{dataset}/{drop_id}/"
-        # Curated image bytes go to a scratch file; memory holds ~100 bytes per image, whatever the drop size.
-        scratch = open(Path(td) / "images.bin", "w+b")  # noqa: SIM115
-        images: dict[str, dict[str, Any]] = {}  # content hash -> offset, length, size, captions
-        rejected: list[dict[str, Any]] = []
-        records_in = duplicates = 0
-        for item in items:
-            records_in += 1
-            if records_in % PROGRESS_EVERY == 0:  # progress lines for the Airflow task log and the CLI
-                log.info("%s: %d records read (%d rejected so far), %.0f records/s", source_key, records_in,
-                         len(rejected), records_in / (time.monotonic() - t0))
-            if isinstance(item, RawReject):
-                rejected.append(_quarantine(store, bucket, quarantine, len(rejected), item.source, item.reason,
+    got = _Intake(scratch)
+    for item in items:
+        got.records_in += 1
+        if got.records_in % PROGRESS_EVERY == 0:  # progress lines for the Airflow task log and the CLI
+            log.info("%s: %d records read (%d rejected so far), %.0f records/s", source_key, got.records_in,
+                     len(got.rejected), got.records_in / (time.monotonic() - t0))
+        if isinstance(item, RawReject):
+            got.rejected.append(_quarantine(store, bucket, quarantine, len(got.rejected), item.source, item.reason,
                                             item.data))
+            continue
+        try:
+            caption = check_caption(item.caption_raw, cfg.max_caption)
+            sha = hashlib.sha256(item.image or b"").hexdigest()
+            if sha in got.images:
+                entry = got.images[sha]
+                if caption in entry["captions"]:
+                    got.duplicates += 1  # the same image and caption again: merged, nothing new
+                else:
+                    entry["captions"].append(caption)
+                    entry["extra"].append(_jsonable(item.extra))
                 continue
-            try:
-                caption = check_caption(item.caption_raw, cfg.max_caption)
-                sha = hashlib.sha256(item.image or b"").hexdigest()
-                if sha in images:
-                    entry = images[sha]
-                    if caption in entry["captions"]:
-                        duplicates += 1  # the same image and caption again: merged, nothing new
-                    else:
-                        entry["captions"].append(caption)
-                        entry["extra"].append(_jsonable(item.extra))
-                    continue
-                img, img_format = check_image(item.image, cfg)
-            except ValueError as e:
-                rejected.append(_quarantine(store, bucket, quarantine, len(rejected), item.source, str(e),
+            img, img_format = check_image(item.image, cfg)
+        except ValueError as e:
+            got.rejected.append(_quarantine(store, bucket, quarantine, len(got.rejected), item.source, str(e),
                                             item.image or _raw_bytes(item)))
-                continue
-            png = curate_image(img, cfg.size)
-            master_side = min(cfg.master_size, img.width, img.height)  # never upscaled
-            master = curate_image(img, master_side) if cfg.master_size else b""
-            scratch.write(png + master)
-            images[sha] = {"offset": scratch.tell() - len(png) - len(master), "length": len(png),
+            continue
+        png = curate_image(img, cfg.size)
+        master_side = min(cfg.master_size, img.width, img.height)  # never upscaled
+        master = curate_image(img, master_side) if cfg.master_size else b""
+        scratch.write(png + master)
+        got.images[sha] = {"offset": scratch.tell() - len(png) - len(master), "length": len(png),
                            "master_length": len(master), "master_side": master_side, "width": img.width,
                            "height": img.height, "mode": img.mode, "format": img_format, "source": item.source,
                            "captions": [caption], "extra": [_jsonable(item.extra)]}
-        accepted = sum(len(e["captions"]) for e in images.values())
-        assert records_in == accepted + len(rejected) + duplicates, (records_in, accepted, len(rejected), duplicates)
-        by_reason = Counter(_reason_kind(r["reason"]) for r in rejected)
-        if rejected:
+    assert got.records_in == got.accepted + len(got.rejected) + got.duplicates, got
+    return got
+
+
+def validate_drop(got: _Intake, cfg: CurationConfig, docs: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Step 2: the Great Expectations suites over the accepted records and over the drop as a whole.
+    Returns (drop report, records report); Data Docs for both are written to ``docs``."""
+    import polars as pl
+
+    from gen_engine.validation import SuiteRunner
+
+    table = pl.DataFrame([{"content_hash": sha, "caption": c, "caption_chars": len(c), "width": e["width"],
+                           "height": e["height"], "mode": e["mode"], "format": e["format"]}
+                          for sha, e in got.images.items() for c in e["captions"]],
+                         schema={"content_hash": pl.Utf8, "caption": pl.Utf8, "caption_chars": pl.Int64,
+                                 "width": pl.Int64, "height": pl.Int64, "mode": pl.Utf8, "format": pl.Utf8})
+    drop_table = pl.DataFrame({"accepted_records": [got.accepted], "rejected_fraction": [_rejected_fraction(got)]})
+    suites = SuiteRunner(docs)
+    drop_report = suites.run(drop_table, "dataset_drop", overrides={
+        "accepted_records": {"min_value": cfg.min_records},
+        "rejected_fraction": {"max_value": cfg.max_rejected_fraction}})
+    records_report = suites.run(table, "dataset_records") if got.accepted else {"success": False, "skipped": True}
+    return drop_report, records_report
+
+
+def _rejected_fraction(got: _Intake) -> float:
+    return len(got.rejected) / max(got.records_in - got.duplicates, 1)
+
+
+def version_id_of(dataset: str, images: dict[str, dict[str, Any]], cfg: CurationConfig) -> str:
+    """Step 3: the version's id, a hash of the accepted content and the curation config (same drop, same id)."""
+    h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
+    for sha in sorted(images):
+        h.update(sha.encode() + b"\0" + "\0".join(sorted(images[sha]["captions"])).encode() + b"\n")
+    return f"{dataset}-{h.hexdigest()[:16]}"
+
+
+def ingest(source: str, name: str, res: Resources, cfg: CurationConfig | None = None) -> IngestResult:
+    """Validate and publish one drop (see the module docstring). Raises DropRejected or DropError (both
+    `UserError`s). ``cfg``: default the settings' curation thresholds."""
+    from gen_engine.validation import upload_docs
+
+    t0 = time.monotonic()
+    cfg = cfg or CurationConfig.from_settings(res.settings)
+    store, lineage, bucket = res.storage, res.lineage, res.settings.bucket_datasets
+    dataset = slugify(name)
+    if not dataset:
+        raise UserError(f"dataset name '{name}' has no usable characters")
+    with tempfile.TemporaryDirectory() as td, open(Path(td) / "images.bin", "w+b") as scratch:
+        path, source_key = _fetch(source, store, Path(td))
+        fmt, items = read_drop(path)
+        quarantine = f"quarantine/{dataset}/{hashlib.sha256(source_key.encode()).hexdigest()[:12]}/"
+        got = check_records(items, cfg, store, bucket, quarantine, source_key, scratch)
+        accepted, n_rejected = got.accepted, len(got.rejected)
+        by_reason = Counter(_reason_kind(r["reason"]) for r in got.rejected)
+        if got.rejected:
             store.put_bytes(bucket, quarantine + "rejected.jsonl",
-                            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected).encode(),
+                            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in got.rejected).encode(),
                             content_type="application/x-ndjson")
-
-        # Validation: the records, then the drop as a whole.
-        import polars as pl
-
-        table = pl.DataFrame([{"content_hash": sha, "caption": c, "caption_chars": len(c), "width": e["width"],
-                               "height": e["height"], "mode": e["mode"], "format": e["format"]}
-                              for sha, e in images.items() for c in e["captions"]],
-                             schema={"content_hash": pl.Utf8, "caption": pl.Utf8, "caption_chars": pl.Int64,
-                                     "width": pl.Int64, "height": pl.Int64, "mode": pl.Utf8, "format": pl.Utf8})
-        frac = len(rejected) / max(records_in - duplicates, 1)
-        drop_table = pl.DataFrame({"accepted_records": [accepted], "rejected_fraction": [frac]})
         docs = Path(td) / "data_docs"  # GX Data Docs for both suites, uploaded beside the version or the report
-        suites = SuiteRunner(docs)
-        drop_report = suites.run(drop_table, "dataset_drop", overrides={
-            "accepted_records": {"min_value": cfg.min_records},
-            "rejected_fraction": {"max_value": cfg.max_rejected_fraction}})
-        records_report = suites.run(table, "dataset_records") if accepted else {"success": False, "skipped": True}
-        report = {"dataset": dataset, "source": source_key, "format": fmt, "records_in": records_in,
-                  "accepted": accepted, "rejected": len(rejected), "duplicates_merged": duplicates,
+        drop_report, records_report = validate_drop(got, cfg, docs)
+        frac = _rejected_fraction(got)
+        report = {"dataset": dataset, "source": source_key, "format": fmt, "records_in": got.records_in,
+                  "accepted": accepted, "rejected": n_rejected, "duplicates_merged": got.duplicates,
                   "rejected_fraction": frac, "rejected_by_reason": dict(by_reason),
                   "drop_validation": drop_report, "records_validation": records_report}
         if not drop_report["success"]:
@@ -242,34 +295,31 @@ def ingest(source: str, name: str, settings: Settings, store: Storage, lineage: 
             store.put_bytes(bucket, quarantine + "report.json", json.dumps(report, indent=1, default=str).encode(),
                             content_type="application/json")
             raise DropRejected(
-                f"drop {source_key} rejected: {accepted} records accepted, {len(rejected)} rejected "
+                f"drop {source_key} rejected: {accepted} records accepted, {n_rejected} rejected "
                 f"({frac:.0%}; the limit is {cfg.max_rejected_fraction:.0%}, at least {cfg.min_records} needed). "
                 f"Reasons: {dict(by_reason)}. Report and rejected records: s3://{bucket}/{quarantine}", report)
 
-        # Version: content of the accepted records + the curation config.
-        h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
-        for sha in sorted(images):
-            h.update(sha.encode() + b"\0" + "\0".join(sorted(images[sha]["captions"])).encode() + b"\n")
-        version_id = f"{dataset}-{h.hexdigest()[:16]}"
-        existing = lineage._one("SELECT * FROM dataset_versions WHERE version_id = :v", v=version_id)
+        version_id = version_id_of(dataset, got.images, cfg)
+        result = dict(dataset=dataset, version_id=version_id, records_in=got.records_in, accepted=accepted,
+                      rejected=n_rejected, duplicates_merged=got.duplicates, rejected_by_reason=dict(by_reason))
+        existing = lineage.dataset_version_by_id(version_id)
         if existing:
             log.info("drop %s is already %s v%d: nothing to do", source_key, dataset, existing["version"])
-            return IngestResult(dataset, existing["version"], version_id, existing["uri"], records_in, accepted,
-                                len(rejected), duplicates, False, dict(by_reason), time.monotonic() - t0)
+            return IngestResult(**result, version=existing["version"], uri=existing["uri"], created=False,
+                                seconds=time.monotonic() - t0)
         latest = lineage.dataset_version(dataset)
         n = (latest["version"] + 1) if latest else 1
         prefix = f"curated/{dataset}/v{n}/"
         report["data_docs"] = upload_docs(store, bucket, prefix + "data_docs/", docs)
-        card = _publish(store, bucket, prefix, scratch, images, cfg, report, version_id)
-        scratch.close()
+        card = _publish(store, bucket, prefix, scratch, got.images, cfg, report, version_id)  # step 4
         version = lineage.record_dataset_version(dataset, version_id, uri=f"s3://{bucket}/{prefix}",
-                                                 n_records=accepted, n_rejected=len(rejected), config=asdict(cfg),
+                                                 n_records=accepted, n_rejected=n_rejected, config=asdict(cfg),
                                                  card=card)
         assert version == n, (version, n)
     log.info("ingested %s as %s v%d: %d accepted, %d rejected, %d duplicates merged in %.1fs", source_key, dataset,
-             n, accepted, len(rejected), duplicates, time.monotonic() - t0)
-    return IngestResult(dataset, n, version_id, f"s3://{bucket}/{prefix}", records_in, accepted, len(rejected),
-                        duplicates, True, dict(by_reason), time.monotonic() - t0)
+             n, accepted, n_rejected, got.duplicates, time.monotonic() - t0)
+    return IngestResult(**result, version=n, uri=f"s3://{bucket}/{prefix}", created=True,
+                        seconds=time.monotonic() - t0)
 
 
 def _publish(store: Storage, bucket: str, prefix: str, scratch: Any, images: dict[str, dict[str, Any]],
@@ -358,8 +408,6 @@ def _publish(store: Storage, bucket: str, prefix: str, scratch: Any, images: dic
     store.put_bytes(bucket, prefix + "card.json", json.dumps(card, indent=1).encode(), content_type="application/json")
     store.put_bytes(bucket, prefix + "validation.json", json.dumps(report, indent=1, default=str).encode(),
                     content_type="application/json")
-    from gen_engine.render.gallery import contact_sheet
-
     store.put_bytes(bucket, prefix + "sample_grid.png",
                     contact_sheet([(png, f"#{i}", cap) for i, (png, cap) in enumerate(grid)], cols=8, tile=96),
                     content_type="image/png")

@@ -23,11 +23,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gen_engine.errors import UserError
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
 CAPTION_KEYS = ("text", "caption")
 
 
-class DropError(ValueError):
+class DropError(UserError):
     """The drop as a whole is unusable (the message names the file and what to do)."""
 
 

@@ -35,6 +35,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from gen_engine.errors import UserError
+
 # Colour words that CLDR names use, in the order the judge prefers when several appear.
 COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "brown", "black", "white", "pink", "grey")
 _COLOUR_ALIASES = {"gray": "grey", "light blue": "blue", "violet": "purple"}
@@ -57,7 +59,7 @@ class ArtSet:
 
         spec = importlib.util.find_spec(self.package.replace("-", "_"))
         if spec is None or spec.origin is None:
-            raise RuntimeError(f"the artwork package '{self.package}' is not installed; `make install` adds it")
+            raise UserError(f"the artwork package '{self.package}' is not installed; `make install` adds it")
         return Path(spec.origin).parent / self.svg_subdir
 
     def version(self) -> str:

@@ -14,57 +14,39 @@ each (seed = index), and we report:
   dominant foreground colour is the one their caption gives its object (`colour`, a rule, not a network);
 - optionally (``diversity``), ``seed_diversity_ratio``: how far 8 seeds of one prompt spread, against
   the spread of different real images of one category (`diversity`).
+
+Each metric is one module here, registered by name (`registry`): ``fd``, ``r_precision``,
+``color_judge`` and ``attributes`` run by default, ``seed_diversity`` on request.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import linalg
 
-from gen_engine.models.encoder import ImageEncoder, load_encoder, save_encoder, train_encoder
+# The metric modules register themselves on import.
+import gen_engine.evaluation.attributes
+import gen_engine.evaluation.colour
+import gen_engine.evaluation.diversity
+import gen_engine.evaluation.fd
+import gen_engine.evaluation.rprecision  # noqa: F401
+from gen_engine.errors import UserError
+from gen_engine.evaluation.encoder import ENCODER_STEPS, cached_encoder, encode
+from gen_engine.evaluation.fd import frechet_distance
+from gen_engine.evaluation.registry import DEFAULT, METRICS, EvalContext
+from gen_engine.evaluation.rprecision import r_precision, r_precision_subset
+from gen_engine.models.encoder import ImageEncoder
 from gen_engine.models.noise import seed_noise
 
-log = logging.getLogger(__name__)
-ENCODER_STEPS = 1500  # training steps of an evaluation encoder (Settings.eval_encoder_steps in the DAGs)
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(s1 @ s2)  # (scipy >= 1.16 dropped `disp`; the default returns the matrix alone)
-    covmean = covmean.real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
-
-
-def r_precision(img: np.ndarray, text: np.ndarray, captions: list[str], seed: int = 0, pool: int = 100) -> float:
-    """Fraction of images whose own caption scores highest among ``pool`` (itself + distinct others)."""
-    return r_precision_subset(img, text, captions, np.arange(len(img)), seed, pool)
-
-
-def r_precision_subset(img: np.ndarray, text: np.ndarray, captions: list[str], rows: np.ndarray, seed: int = 0,
-                       pool: int = 100) -> float:
-    """R-precision of the images at ``rows`` only (their negatives drawn from every caption)."""
-    rng = np.random.default_rng(seed)
-    distinct = np.array(captions)
-    hits = 0
-    for i in rows:
-        others = np.flatnonzero(distinct != captions[i])
-        pick = rng.choice(others, size=min(pool - 1, len(others)), replace=False)
-        hits += int((text[np.concatenate([[i], pick])] @ img[i]).argmax() == 0)
-    return hits / max(len(rows), 1)
-
-
-@torch.no_grad()
-def encode(enc: ImageEncoder, images: torch.Tensor, batch: int = 256) -> np.ndarray:
-    chunks = [enc(images[i : i + batch].float() / 127.5 - 1).numpy() for i in range(0, len(images), batch)]
-    return np.concatenate(chunks)
+__all__ = ["DEFAULT", "ENCODER_STEPS", "METRICS", "EvalContext", "append_metrics", "cached_encoder", "encode",
+           "evaluate", "evaluate_model", "frechet_distance", "r_precision",
+           "r_precision_subset", "render_heldout"]
 
 
 def render_heldout(render: Any, data: Any, n: int) -> torch.Tensor:
@@ -76,38 +58,23 @@ def render_heldout(render: Any, data: Any, n: int) -> torch.Tensor:
 
 
 def evaluate(render: Any, data: Any, enc: ImageEncoder, labels: dict[str, torch.Tensor] | None = None,
-             n: int = 1000, diversity: bool = False) -> dict[str, float]:
-    """Metrics of a backend (``render(z, text) -> uint8 NHWC``) on held-out ``data`` (a TrainData)."""
-    from gen_engine.evaluation.colour import colour_judge
+             n: int = 1000, diversity: bool = False, metrics: Sequence[str] | None = None) -> dict[str, float]:
+    """Metrics of a backend (``render(z, text) -> uint8 NHWC``) on held-out ``data`` (a TrainData).
 
+    ``metrics``: names from `METRICS` (default `DEFAULT`, plus ``seed_diversity`` when ``diversity``)."""
+    names = list(metrics or DEFAULT) + (["seed_diversity"] if diversity and not metrics else [])
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise UserError(f"unknown metric(s) {unknown}; known: {sorted(METRICS)}")
     t0 = time.monotonic()
     n = min(n, len(data))
-    text = data.text[:n].numpy()
-    fake_t = render_heldout(render, data, n)
-    real_f, fake_f = encode(enc, data.images[:n]), encode(enc, fake_t)
-    out = {"fd": frechet_distance(real_f, fake_f), "r_precision": r_precision(fake_f, text, data.captions[:n]),
-           "cosine": float((fake_f * text).sum(1).mean()), "n": n,
-           "real_r_precision": r_precision(real_f, text, data.captions[:n])}
-    if "lang" in getattr(data, "meta", {}):  # captions in several languages: R-precision per language too
-        langs = np.array(data.meta["lang"][:n])
-        for lang in sorted(set(langs.tolist())):
-            sel = np.flatnonzero(langs == lang)
-            if len(sel) >= 10:
-                hits = r_precision_subset(fake_f, text, data.captions[:n], sel)
-                out[f"r_precision_{lang}"] = hits
-    if "color" in getattr(data, "meta", {}):  # artwork shown on white whose captions colour their objects
-        judge = colour_judge(fake_t.permute(0, 2, 3, 1).numpy(), data.captions[:n])
-        if judge["color_judged"]:
-            out.update(judge)
-    if diversity:
-        from gen_engine.evaluation.diversity import seed_diversity
-
-        out.update(seed_diversity(render, data, lambda x: encode(enc, x)))
-    if labels and enc.heads:
-        with torch.no_grad():
-            preds = enc.attributes(fake_t.float() / 127.5 - 1)
-        for k, logits in preds.items():
-            out[f"{k}_acc"] = float((logits.argmax(1) == labels[k][:n]).float().mean())
+    fake = render_heldout(render, data, n)
+    ctx = EvalContext(render=render, data=data, enc=enc, n=n, text=data.text[:n].numpy(),
+                      captions=data.captions[:n], fake=fake, real_features=encode(enc, data.images[:n]),
+                      fake_features=encode(enc, fake), labels=labels, encode=lambda x: encode(enc, x))
+    out: dict[str, float] = {"n": n}
+    for name in names:
+        out.update(METRICS[name](ctx))
     out["seconds"] = time.monotonic() - t0
     return out
 
@@ -115,22 +82,6 @@ def evaluate(render: Any, data: Any, enc: ImageEncoder, labels: dict[str, torch.
 def append_metrics(path: Path, step: int, metrics: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
-
-
-def cached_encoder(data: Any, cache_dir: Path, steps: int = ENCODER_STEPS) -> tuple[ImageEncoder, dict[str, list[str]]]:
-    """The evaluation encoder of a dataset version (and step count): trained once, then loaded."""
-    key = f"{data.dataset_version_id or data.version.replace(':', '-')}-s{steps}"
-    w, meta = cache_dir / f"{key}.safetensors", cache_dir / f"{key}.json"
-    labels, vocab = data.labels() if data.attributes else ({}, {})
-    if w.exists() and meta.exists():
-        vocab = json.loads(meta.read_text())["vocab"]
-        enc = load_encoder(w, heads={k: len(v) for k, v in vocab.items()})
-        return enc, vocab
-    enc = train_encoder(data.images, data.text, labels, steps=steps)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    save_encoder(enc, w)
-    meta.write_text(json.dumps({"vocab": vocab, "dataset": key}))
-    return enc, vocab
 
 
 def evaluate_model(model_dir: Path, train: Any, heldout: Any, cache_dir: Path, n: int = 1000,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from gen_engine.datasets.starter import caption_colour
+from gen_engine.evaluation.registry import EvalContext, metric
 
 JUDGED = ("red", "orange", "yellow", "green", "blue", "purple", "brown", "black", "pink", "grey")
 CHROMATIC = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown")
@@ -86,3 +87,12 @@ def colour_judge(images: np.ndarray, captions: list[str]) -> dict[str, float | i
     out: dict[str, float | int] = {"color_judge": hits / judged if judged else float("nan"), "color_judged": judged}
     out.update({f"color_judge_{k}": float(np.mean(v)) for k, v in sorted(per.items())})
     return out
+
+
+@metric("color_judge")
+def colour_judge_metric(ctx: EvalContext) -> dict[str, float]:
+    """Only on data whose rows carry a ``color`` column (artwork shown on white, like the starter data)."""
+    if "color" not in getattr(ctx.data, "meta", {}):
+        return {}
+    judge = colour_judge(ctx.fake.permute(0, 2, 3, 1).numpy(), ctx.captions)
+    return dict(judge) if judge["color_judged"] else {}

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gen_engine.evaluation.registry import EvalContext, metric
 from gen_engine.models.noise import seed_noise
 
 
@@ -59,3 +60,8 @@ def seed_diversity(render: Any, data: Any, encode: Any, n: int = 100, seeds: int
     real = category_spread(data.images, data.meta.get("category") or ["all"] * len(data), encode)
     return {"seed_spread": gen, "category_spread_real": real, "seed_diversity_ratio": gen / real if real else 0.0,
             "seed_captions": len(picked)}
+
+
+@metric("seed_diversity")
+def seed_diversity_metric(ctx: EvalContext) -> dict[str, float]:
+    return seed_diversity(ctx.render, ctx.data, ctx.encode)

@@ -17,9 +17,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from gen_engine.errors import UserError
 
 RESOLUTIONS = (16, 32, 64, 128, 256)
 
@@ -55,11 +58,11 @@ class GANConfig:
 
     def __post_init__(self) -> None:
         if self.resolution not in RESOLUTIONS:
-            raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {self.resolution}")
+            raise UserError(f"resolution must be one of {RESOLUTIONS}, got {self.resolution}")
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))  # JSON gives a list
         n_stages = int(math.log2(self.resolution)) - 1
         if len(self.channel_mult) < n_stages or min(self.channel_mult) < 1:
-            raise ValueError(f"channel_mult needs {n_stages} positive entries for {self.resolution} px "
+            raise UserError(f"channel_mult needs {n_stages} positive entries for {self.resolution} px "
                              f"(4x4 up to {self.resolution}x{self.resolution}), got {list(self.channel_mult)}")
 
     @property
@@ -207,3 +210,8 @@ class Discriminator(nn.Module):
 
     def forward(self, img: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return self.score(self.features(img), text)
+
+
+def to_uint8(imgs: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
+    return ((imgs.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

@@ -22,17 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-MAX_PROMPT = 500
-MAX_COUNT = 16
+from gen_engine.config import Settings
+from gen_engine.errors import UserError
+from gen_engine.naming import slugify
+
 MAX_SEED = 2**32 - 1
 FORMATS = {"png": "png", "webp": "webp", "jpeg": "jpeg", "jpg": "jpeg"}
 KNOWN_COLUMNS = ("prompt", "seed", "count", "asset_name", "size", "format", "variety")
 _BINARY_MAGIC = {b"PK\x03\x04": "a ZIP archive (an .xlsx workbook?)", b"\xd0\xcf\x11\xe0": "an old Excel .xls file",
                  b"\x89PNG": "a PNG image", b"%PDF": "a PDF document", b"\xff\xd8\xff": "a JPEG image"}
-_SLUG_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class CsvError(ValueError):
+class CsvError(UserError):
     """The file as a whole cannot be read as a prompt CSV; the message names the file and the fix."""
 
 
@@ -74,11 +75,19 @@ class ReadStats:
 
 @dataclass(frozen=True)
 class RowRules:
-    """What a row may ask for (from the settings)."""
+    """What a row may ask for: built from the settings (`from_settings`); the defaults are the settings'."""
 
     allowed_sizes: tuple[str, ...] = ("64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024")
     default_format: str = "png"
     default_variety: float = 1.0
+    max_prompt: int = 500
+    max_count: int = 16
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RowRules:
+        return cls(allowed_sizes=tuple(settings.render_allowed_sizes), default_format=settings.render_default_format,
+                   default_variety=settings.render_default_variety, max_prompt=settings.render_max_prompt_chars,
+                   max_count=settings.render_max_count)
 
 
 # --- decoding ---------------------------------------------------------------------------------------
@@ -142,14 +151,6 @@ def open_text(path: Path, name: str) -> tuple[IO[str], ReadStats]:
 
 
 # --- validation -------------------------------------------------------------------------------------------
-def slugify(text: str, max_len: int = 80) -> str:
-    """A safe object-key part: ASCII letters, digits, '.', '_' and '-' only."""
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    slug = _SLUG_BAD.sub("-", ascii_text).strip(".-_")
-    slug = re.sub(r"-{2,}", "-", slug)
-    return slug[:max_len].strip(".-_")
-
-
 def _control_char(text: str) -> str | None:
     for i, ch in enumerate(text):
         if unicodedata.category(ch) == "Cc":
@@ -175,12 +176,12 @@ def validate_row(row_number: int, fields: dict[str, str], rules: RowRules, seen_
     prompt = re.sub(r"[ \t\r\n]+", " ", fields.get("prompt", "")).strip()
     if not prompt:
         raise ValueError("prompt is empty")
-    if len(prompt) > MAX_PROMPT:
-        raise ValueError(f"prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT}")
+    if len(prompt) > rules.max_prompt:
+        raise ValueError(f"prompt is {len(prompt)} characters long; the limit is {rules.max_prompt}")
     if bad := _control_char(prompt):
         raise ValueError(f"prompt contains a control character ({bad}); remove it")
     seed = _int_field(fields["seed"], "seed", 0, MAX_SEED) if fields.get("seed", "").strip() else None
-    count = _int_field(fields["count"], "count", 1, MAX_COUNT) if fields.get("count", "").strip() else 1
+    count = _int_field(fields["count"], "count", 1, rules.max_count) if fields.get("count", "").strip() else 1
 
     raw_asset = fields.get("asset_name", "").strip()
     if raw_asset:

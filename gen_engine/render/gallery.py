@@ -1,4 +1,4 @@
-"""What people look at: the contact sheet PNG and the run's index.html gallery.
+"""What people look at: the run's index.html gallery (the contact sheet PNG is `gen_engine.sheets`').
 
 Every piece of user text (prompts, asset names, rejected fields, campaign names) is HTML-escaped;
 image links are relative, so the gallery works from the S3 prefix and from a downloaded copy.
@@ -7,36 +7,9 @@ image links are relative, so the gallery works from the S3 prefix and from a dow
 from __future__ import annotations
 
 import html
-import io
-import textwrap
 from typing import Any
 
-from PIL import Image, ImageDraw
-
 GALLERY_LIMIT = 500
-
-
-def contact_sheet(items: list[tuple[bytes, str, str]], cols: int = 8, tile: int = 160) -> bytes:
-    """PNG of up to 64 (image bytes, asset label, prompt) tiles with their prompts underneath."""
-    items = items[:64]
-    rows = max(1, -(-len(items) // cols))
-    cap_h = 44
-    sheet = Image.new("RGB", (cols * tile, rows * (tile + cap_h)), (250, 250, 250))
-    draw = ImageDraw.Draw(sheet)
-    for i, (data, label, prompt) in enumerate(items):
-        r, c = divmod(i, cols)
-        x, y = c * tile, r * (tile + cap_h)
-        img = Image.open(io.BytesIO(data)).convert("RGB")
-        scale = (tile - 8) / max(img.size)  # small native renders are scaled up too
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                         Image.Resampling.LANCZOS)
-        sheet.paste(img, (x + (tile - img.width) // 2, y + 4))
-        lines = [label[:26]] + textwrap.wrap(prompt, 26)[:2]
-        for j, line in enumerate(lines):
-            draw.text((x + 4, y + tile + 2 + j * 13), line, fill=(20, 20, 20) if j else (90, 90, 160))
-    buf = io.BytesIO()
-    sheet.save(buf, "PNG", optimize=True)
-    return buf.getvalue()
 
 
 def _validation_line(summary: dict[str, Any]) -> str:

@@ -17,6 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
+from gen_engine.errors import UserError
+
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
@@ -31,7 +33,7 @@ class Backend(Protocol):
         ...
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(UserError):
     """This backend cannot serve this model here (the message says why)."""
 
 
@@ -52,7 +54,7 @@ class TorchBackend:
     def __init__(self, model_dir: Path, device: str | None = None) -> None:
         import torch
 
-        from gen_engine.training.checkpoint import load_generator
+        from gen_engine.models.artifact import load_generator
 
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -162,7 +164,7 @@ def load_backend(name: str, model_dir: Path) -> Backend:
     """Load a backend by name. ``auto`` and an unusable named backend fall through, in order of speed,
     to the next one that loads (logged as a warning); torch is the last resort and always works."""
     if name not in BACKENDS:
-        raise ValueError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")
+        raise UserError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")
     speed_order = list(_CLASSES)
     order = speed_order if name == "auto" else speed_order[speed_order.index(name):]
     for candidate in order:

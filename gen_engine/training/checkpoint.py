@@ -1,9 +1,8 @@
-"""Checkpoints and model artifacts: safetensors weights + JSON, never pickle.
+"""Training checkpoints: safetensors weights + JSON, never pickle.
 
 A training checkpoint (``run/checkpoints/step_000500/``) holds G, D, G_ema, both optimizers' state
-and ``state.json`` (step, config, loss history): enough to resume exactly. A model artifact
-(``run/model/``) holds the EMA generator and ``model.json`` (architecture, training config, dataset
-version, code version, metrics): enough to rebuild the generator with nothing else.
+and ``state.json`` (step, config, loss history): enough to resume exactly. The inference artifact
+(``run/model/``) is `gen_engine.models.artifact`'s.
 """
 
 from __future__ import annotations
@@ -14,8 +13,6 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-
-from gen_engine.models.gan import GANConfig, Generator
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -64,32 +61,3 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module],
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = sorted((run_dir / "checkpoints").glob("step_*"))
     return found[-1] if found else None
-
-
-def model_id_for(model_dir: Path, name: str) -> str:
-    """A model's id: its name and a hash of its generator weights (publishing twice is one version)."""
-    import hashlib
-
-    digest = hashlib.sha256((Path(model_dir) / "generator.safetensors").read_bytes()).hexdigest()
-    return f"{name}-{digest[:12]}"
-
-
-def save_model(out: Path, g_ema: Generator, meta: dict[str, Any], d: torch.nn.Module | None = None) -> Path:
-    """Write the inference artifact: generator.safetensors + model.json (+ discriminator.safetensors, which
-    a warm start fine-tunes against; rendering never reads it)."""
-    out.mkdir(parents=True, exist_ok=True)
-    if d is not None:
-        save_file({k: v.detach().contiguous() for k, v in d.state_dict().items()}, out / "discriminator.safetensors",
-                  metadata={"format": "gen_engine.discriminator/1"})
-    save_file({k: v.detach().contiguous() for k, v in g_ema.state_dict().items()}, out / "generator.safetensors",
-              metadata={"format": "gen_engine.generator/1"})
-    (out / "model.json").write_text(json.dumps({"architecture": g_ema.cfg.to_dict(), **meta}, indent=1, default=str))
-    return out
-
-
-def load_generator(model_dir: Path, device: str = "cpu") -> tuple[Generator, dict[str, Any]]:
-    """Rebuild the generator from its artifact folder alone (weights_only by construction)."""
-    meta = json.loads((Path(model_dir) / "model.json").read_text())
-    g = Generator(GANConfig(**meta["architecture"]))
-    g.load_state_dict(load_file(Path(model_dir) / "generator.safetensors", device=device))
-    return g.eval().to(device), meta

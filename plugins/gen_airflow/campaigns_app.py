@@ -32,12 +32,11 @@ _CSS = ("body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}table{bo
 
 
 def _stores() -> tuple[Any, Any, Any]:
-    from gen_airflow import factory_settings
-    from gen_engine.lineage import LineageStore
-    from gen_engine.storage import Storage
+    """Settings, S3 and lineage of this API-server process: built on the first request, then shared."""
+    from gen_airflow import factory_resources
 
-    s = factory_settings()
-    return s, Storage.from_settings(s), LineageStore.from_settings(s)
+    res = factory_resources()
+    return res.settings, res.storage, res.lineage
 
 
 def _runs() -> list[dict[str, Any]]:
@@ -75,8 +74,7 @@ def _gallery(run_id: str, limit: int) -> str:
     run = lineage.run(run_id)
     if run is None:
         raise HTTPException(status_code=404, detail=f"no render run {run_id}")
-    outs = lineage._all("SELECT object_key, prompt, seed, row_number, k FROM render_outputs WHERE run_id = :r "
-                        "ORDER BY row_number, k LIMIT :n", r=run_id, n=limit)
+    outs = lineage.run_outputs(run_id, limit)
     url = lambda key: store.presigned_get(s.bucket_renders, key, expires=timedelta(hours=1))  # noqa: E731
     figs = "".join(
         f"<figure><img loading='lazy' src='{e(url(o['object_key']))}' alt='{e(o['prompt'])}'>"

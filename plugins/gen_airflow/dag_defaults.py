@@ -1,4 +1,8 @@
-"""Defaults shared by the factory's DAGs. Import-light on purpose: DAG files are parsed often."""
+"""Defaults shared by the factory's DAGs. Import-light on purpose: DAG files are parsed often.
+
+`SETTINGS` is the factory's typed settings read from the environment at parse time (schedules,
+queues, Param defaults: nothing secret is read from it here; tasks read theirs with
+`gen_airflow.factory_settings`)."""
 
 from __future__ import annotations
 
@@ -6,9 +10,12 @@ from datetime import timedelta
 
 import pendulum
 
+from gen_engine.config import Settings
+
+SETTINGS = Settings()
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
-# Transient failures (S3 restarting, a worker lost) are retried with backoff; data errors are not
-# retried: tasks raise AirflowFailException for those after recording the reason.
+# Transient failures (S3 restarting, a worker lost) are retried with backoff; user errors (bad input)
+# are not: `gen_airflow.call` turns them into AirflowFailException after the step recorded the reason.
 DEFAULT_ARGS = {
     "owner": "gen-engine",
     "retries": 3,

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "plugins"))
 @pytest.fixture(scope="session")
 def airflow_db(s3_settings) -> Path:
     """Migrated Airflow DB with the gen_s3 connection (test S3 server) and the pools."""
-    from gen_engine.services import init_airflow_home
+    from gen_engine.infra.services import init_airflow_home
 
     init_airflow_home(s3_settings)
     return HOME

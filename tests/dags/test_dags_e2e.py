@@ -11,10 +11,10 @@ import pytest
 import sqlalchemy as sa
 import torch
 
-from gen_engine import registry
 from gen_engine.config import Settings
-from gen_engine.lineage import LineageStore
-from gen_engine.storage import Storage
+from gen_engine.infra.lineage import LineageStore
+from gen_engine.infra.storage import Storage
+from gen_engine.resources import resources
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,14 +34,13 @@ def states(run) -> dict[str, str]:
 
 @pytest.fixture()
 def production_model(s3_settings: Settings) -> str:
+    from gen_engine.models.artifact import save_model
     from gen_engine.models.gan import GANConfig, Generator
-    from gen_engine.training.checkpoint import save_model
 
     torch.manual_seed(0)
     d = save_model(s3_settings.local_dir / "dag-model", Generator(GANConfig(resolution=16, nf=8)),
                    {"name": "generator", "code_version": "test"})
-    return registry.publish(d, s3_settings, Storage.from_settings(s3_settings), LineageStore.from_settings(s3_settings),
-                            alias="production")["model_id"]
+    return resources(s3_settings).registry.publish(d, alias="production")["model_id"]
 
 
 def test_csv_dropped_in_incoming_ends_rendered_and_processed(s3_settings, factory_env, production_model) -> None:

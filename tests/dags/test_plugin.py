@@ -7,8 +7,9 @@ import torch
 from fastapi.testclient import TestClient
 
 from gen_engine.config import Settings
+from gen_engine.infra.storage import Storage
 from gen_engine.render.campaign import run_campaign
-from gen_engine.storage import Storage
+from gen_engine.resources import resources
 
 
 @pytest.fixture()
@@ -32,15 +33,15 @@ def test_anonymous_callers_are_refused(client) -> None:
 
 
 def test_pages_answer_and_escape_user_text(client, s3_settings: Settings, tmp_path) -> None:
+    from gen_engine.models.artifact import save_model
     from gen_engine.models.gan import GANConfig, Generator
-    from gen_engine.training.checkpoint import save_model
 
     c, app, get_user = client
     torch.manual_seed(21)
     model = save_model(tmp_path / "m", Generator(GANConfig(resolution=16, nf=8)), {"name": "generator"})
     Storage.from_settings(s3_settings).put_bytes(
         "campaigns", "claimed/xss.csv", b'prompt,asset_name\n"<script>alert(1)</script> star",x1\n,empty\n')
-    summary = run_campaign("s3://campaigns/claimed/xss.csv", "<img src=x onerror=alert(1)>", s3_settings,
+    summary = run_campaign("s3://campaigns/claimed/xss.csv", "<img src=x onerror=alert(1)>", resources(s3_settings),
                            model_ref=str(model), progress=False)
     app.dependency_overrides[get_user] = lambda: {"username": "tester"}
     try:

@@ -9,8 +9,8 @@ import pytest
 
 from gen_engine.bootstrap import bootstrap
 from gen_engine.config import Settings
-from gen_engine.lineage import LineageStore
-from gen_engine.storage import Storage
+from gen_engine.errors import UserError
+from gen_engine.resources import resources
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "starter" / "model"
@@ -21,9 +21,11 @@ def tiny_model(tmp_path: Path) -> Path:
     import numpy as np
     import torch
 
+    from gen_engine.datasets.curated import TrainData
     from gen_engine.datasets.synth import generate
     from gen_engine.text import shared_encoder
-    from gen_engine.training.loop import TrainConfig, TrainData, Trainer
+    from gen_engine.training.config import TrainConfig
+    from gen_engine.training.trainer import Trainer
 
     pairs = list(generate(16, 16, 0))
     imgs = torch.from_numpy(np.stack([np.asarray(im) for _, im in pairs])).permute(0, 3, 1, 2).contiguous()
@@ -37,26 +39,27 @@ def tiny_model(tmp_path: Path) -> Path:
 def test_bootstrap_publishes_the_starter_model_once(tmp_path: Path, s3_settings: Settings, tiny_model: Path) -> None:
     s = s3_settings.model_copy(update={"starter_model_dir": tiny_model, "lineage_db_url": None,
                                        "local_dir": tmp_path / "local"})
-    store, lineage = Storage.from_settings(s), LineageStore.from_settings(s)
-    first = bootstrap(s, store, lineage)
+    res = resources(s)
+    store, lineage = res.storage, res.lineage
+    first = bootstrap(res)
     assert first["bootstrapped"] and first["version"] == 1 and "onnxruntime" in first["engines"]
     prod = lineage.resolve_alias("generator", "production")
     assert prod["model_id"] == first["model_id"]
     assert store.exists(s.bucket_models, prod["uri"].split("/", 3)[3] + "generator.onnx")
-    again = bootstrap(s, store, lineage)
+    again = bootstrap(res)
     assert not again["bootstrapped"] and again["model_id"] == first["model_id"]
     assert len(lineage.models_trained_on("none")) == 0 and lineage.model(first["model_id"])["version"] == 1
 
 
 def test_bootstrap_without_a_shipped_model_says_how_to_make_one(tmp_path: Path, s3_settings: Settings) -> None:
     s = s3_settings.model_copy(update={"starter_model_dir": tmp_path / "nothing", "local_dir": tmp_path / "l"})
-    with pytest.raises(FileNotFoundError, match="make starter-model"):
-        bootstrap(s, Storage.from_settings(s), LineageStore.from_settings(s))
+    with pytest.raises(UserError, match="make starter-model"):
+        bootstrap(resources(s))
 
 
 @pytest.mark.skipif(not (SHIPPED / "model.json").exists(), reason="no shipped starter model in this checkout")
 def test_the_shipped_starter_model_is_small_self_describing_and_loads() -> None:
-    from gen_engine.training.checkpoint import load_generator
+    from gen_engine.models.artifact import load_generator
 
     size = sum(p.stat().st_size for p in SHIPPED.iterdir())
     assert size <= 20 * 1024 * 1024, f"starter/model is {size / 1e6:.1f} MB; the budget is 20 MB"

@@ -63,7 +63,7 @@ def test_console_script_is_installed() -> None:
 
 
 def test_services_status_against_stopped_server_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gen_engine.services import S3Ports
+    from gen_engine.infra.services import S3Ports
 
     monkeypatch.setenv("GEN_S3_ENDPOINT", f"127.0.0.1:{S3Ports.free().s3}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
@@ -79,8 +79,8 @@ def test_sample_writes_a_grid_of_n_seeds(monkeypatch: pytest.MonkeyPatch, tmp_pa
     import torch
     from PIL import Image
 
+    from gen_engine.models.artifact import save_model
     from gen_engine.models.gan import GANConfig, Generator
-    from gen_engine.training.checkpoint import save_model
 
     monkeypatch.setenv("GEN_LOCAL_DIR", str(tmp_path / "local"))
     torch.manual_seed(0)

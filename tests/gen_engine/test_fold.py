@@ -11,8 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gen_engine.compile import onnx_export
 from gen_engine.compile.fold import FoldedGenerator
+from gen_engine.models.artifact import save_model
 from gen_engine.models.gan import GANConfig, Generator
-from gen_engine.training.checkpoint import save_model
 
 
 def _trained_like(res: int, nf: int, seed: int = 0, text_stem: bool = False, text_norm: bool = False) -> Generator:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from gen_engine.lineage import LineageStore
+from gen_engine.infra.lineage import LineageStore
 
 TABLES = {"datasets", "dataset_versions", "model_versions", "model_aliases", "compiled_engines", "campaigns",
           "render_runs", "render_outputs", "rejected_rows", "schema_migrations"}

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from gen_engine.compile.onnx_export import PARITY_TOL, compile_model
+from gen_engine.models.artifact import save_model
 from gen_engine.models.gan import GANConfig, Generator
+from gen_engine.models.noise import seed_noise
 from gen_engine.runtime import BackendUnavailable, OnnxRuntimeBackend, TensorRTBackend, TorchBackend, load_backend
-from gen_engine.training.checkpoint import save_model
-from gen_engine.training.loop import seed_noise
 
 
 @pytest.fixture(scope="module")

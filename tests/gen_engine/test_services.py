@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gen_engine.services import LocalS3, S3Ports, ServiceError, port_free
+from gen_engine.infra.services import LocalS3, S3Ports, ServiceError, port_free
 
 
 def test_start_reuse_stop(tmp_path: Path) -> None:
@@ -62,7 +62,7 @@ def test_airflow_home_is_prepared_idempotently(tmp_path: Path, monkeypatch: pyte
     import sqlite3
 
     from gen_engine.config import Settings
-    from gen_engine.services import init_airflow_home
+    from gen_engine.infra.services import init_airflow_home
 
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
     for var in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__CORE__PLUGINS_FOLDER"):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gen_engine.services import LocalS3, S3Ports
-from gen_engine.storage import ObjectNotFound, Storage, StorageAuthError, StorageUnavailable
+from gen_engine.infra.services import LocalS3, S3Ports
+from gen_engine.infra.storage import ObjectNotFound, Storage, StorageAuthError, StorageUnavailable
 
 
 def test_bytes_round_trip_with_metadata(storage: Storage) -> None:

@@ -11,9 +11,10 @@ import torch
 
 from gen_engine.compile.onnx_export import compile_model
 from gen_engine.compile.text_onnx import PARITY_TOL, compile_text_encoder, tokenize
+from gen_engine.models.artifact import save_model
 from gen_engine.models.gan import GANConfig, Generator
+from gen_engine.resources import resources
 from gen_engine.text import shared_encoder
-from gen_engine.training.checkpoint import save_model
 
 
 @pytest.fixture(scope="module")
@@ -37,22 +38,21 @@ def test_text_encoder_onnx_matches_torch_on_any_batch_and_length(text_cache: Pat
 
 
 def test_compiled_model_points_to_one_shared_text_encoder(tmp_path: Path, s3_settings, storage) -> None:
-    from gen_engine import registry
-    from gen_engine.lineage import LineageStore
+    from gen_engine.compile.text_onnx import text_encoder_folder
 
-    lineage = LineageStore(f"sqlite:///{tmp_path / 'lineage.db'}")
-    lineage.apply_schema()
+    res = resources(s3_settings)
     rows = []
     for i in range(2):  # two models, one encoder file in S3
         torch.manual_seed(i)
         d = save_model(tmp_path / f"m{i}", Generator(GANConfig(resolution=16, nf=4)), {"name": "generator"})
-        row = registry.publish(d, s3_settings, storage, lineage)
-        report = compile_model(d, s3_settings.text_encoder_cache)  # where publish_compiled looks for it
-        assert "onnxruntime-text" in registry.publish_compiled(d, row, report, s3_settings, storage, lineage)
+        row = res.registry.publish(d)
+        report = compile_model(d, s3_settings.text_encoder_cache)
+        text_file = text_encoder_folder(s3_settings.text_encoder_cache) / report["text_encoder"]["file"]
+        assert "onnxruntime-text" in res.registry.publish_compiled(d, row, report, text_file)
         prefix = row["uri"].removeprefix(f"s3://{s3_settings.bucket_models}/")
         rows.append(json.loads(storage.get_bytes(s3_settings.bucket_models, prefix + "compile_report.json")))
     uris = {r["text_encoder"]["uri"] for r in rows}
     assert len(uris) == 1 and str(s3_settings.local_dir) not in json.dumps(rows[0])  # no local paths in S3
     key = uris.pop().removeprefix(f"s3://{s3_settings.bucket_models}/")
     assert key.startswith("text_encoder/all-MiniLM-L6-v2-") and storage.exists(s3_settings.bucket_models, key)
-    assert [e["backend"] for e in lineage.engines(row["model_id"])] == ["onnxruntime", "onnxruntime-text"]
+    assert [e["backend"] for e in res.lineage.engines(row["model_id"])] == ["onnxruntime", "onnxruntime-text"]

@@ -18,8 +18,9 @@ from gen_engine.config import Settings
 from gen_engine.datasets.ingest import CurationConfig, DropRejected, ingest
 from gen_engine.datasets.readers import DropError
 from gen_engine.datasets.synth import generate
-from gen_engine.lineage import LineageStore
-from gen_engine.storage import Storage
+from gen_engine.infra.lineage import LineageStore
+from gen_engine.infra.storage import Storage
+from gen_engine.resources import resources
 
 LENIENT = CurationConfig(max_rejected_fraction=1.0, size=32)
 
@@ -48,7 +49,7 @@ def env(s3_settings: Settings) -> tuple[Settings, Storage, LineageStore]:
 
 def run(env, path: Path, name: str, cfg: CurationConfig = LENIENT):
     settings, store, lineage = env
-    r = ingest(str(path), name, settings, store, lineage, cfg)
+    r = ingest(str(path), name, resources(settings), cfg)
     assert r.records_in == r.accepted + r.rejected + r.duplicates_merged
     return r
 

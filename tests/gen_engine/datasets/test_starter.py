@@ -13,8 +13,7 @@ from PIL import Image
 
 from gen_engine.datasets.ingest import CurationConfig, ingest
 from gen_engine.datasets.starter import SETS, build, caption_colour
-from gen_engine.lineage import LineageStore
-from gen_engine.storage import Storage
+from gen_engine.resources import resources
 
 SLICE = {"categories": ("Symbols",), "limit": 6}
 
@@ -64,8 +63,9 @@ def test_caption_colour_names_one_colour_or_none() -> None:
 
 def test_a_curated_version_keeps_masters_beside_training_size_images(tmp_path: Path, s3_settings) -> None:
     build(tmp_path / "drop", size=256, progress=False, **SLICE)
-    store, lineage = Storage.from_settings(s3_settings), LineageStore.from_settings(s3_settings)
-    r = ingest(str(tmp_path / "drop"), "startertest", s3_settings, store, lineage, CurationConfig(size=32))
+    res = resources(s3_settings)
+    store = res.storage
+    r = ingest(str(tmp_path / "drop"), "startertest", res, CurationConfig(size=32))
     assert r.records_in == r.accepted + r.rejected + r.duplicates_merged and r.rejected == 0
     prefix = r.uri.removeprefix(f"s3://{s3_settings.bucket_datasets}/")
     keys = [o.key for o in store.list(s3_settings.bucket_datasets, prefix)]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from gen_engine.datasets.curated import TrainData
 from gen_engine.evaluation import evaluate, frechet_distance, r_precision, render_heldout
-from gen_engine.models.encoder import train_encoder
 from gen_engine.models.noise import seed_noise
-from gen_engine.training.loop import TrainData
+from gen_engine.training.encoder import train_encoder
 
 
 def test_frechet_distance_is_zero_for_one_set_and_the_squared_shift_for_a_shifted_one() -> None:

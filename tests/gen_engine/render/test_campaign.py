@@ -16,14 +16,14 @@ import polars as pl
 import pytest
 import torch
 
-from gen_engine import registry
 from gen_engine.config import Settings
-from gen_engine.lineage import LineageStore
+from gen_engine.infra.lineage import LineageStore
+from gen_engine.infra.storage import Storage
+from gen_engine.models.artifact import save_model
 from gen_engine.models.gan import GANConfig, Generator
 from gen_engine.render import campaign as camp
 from gen_engine.render.imagemeta import DIGITAL_SOURCE_TYPE, read_provenance
-from gen_engine.storage import Storage
-from gen_engine.training.checkpoint import save_model
+from gen_engine.resources import resources
 
 CSV = """prompt,seed,count,asset_name,size,format,channel
 a large red circle on a white background,101,3,hero,64x64,png,web
@@ -44,10 +44,10 @@ def model_id(s3_settings: Settings, tmp_path_factory: pytest.TempPathFactory) ->
     torch.manual_seed(11)
     d = save_model(tmp_path_factory.mktemp("model") / "model", Generator(GANConfig(resolution=16, nf=8)),
                    {"name": "generator", "code_version": "test"})
-    store, lineage = Storage.from_settings(s3_settings), LineageStore.from_settings(s3_settings)
+    lineage = resources(s3_settings).lineage
     lineage.record_dataset_version("shapes", "dv-test", uri="s3://datasets/curated/shapes/v1/", n_records=1,
                                    n_rejected=0, config={}, card={})
-    return registry.publish(d, s3_settings, store, lineage, dataset_version_id="dv-test")["model_id"]
+    return resources(s3_settings).registry.publish(d, dataset_version_id="dv-test")["model_id"]
 
 
 def put_csv(storage: Storage, name: str, text: str) -> str:
@@ -62,7 +62,8 @@ def all_keys(storage: Storage, bucket: str = "renders") -> set[str]:
 def test_campaign_end_to_end(storage: Storage, s3_settings: Settings, model_id: str) -> None:
     before = all_keys(storage)
     src = put_csv(storage, "e2e.csv", CSV)
-    summary = camp.run_campaign(src, "Spring Sale!", s3_settings, model_ref=model_id, shard_size=3, progress=False)
+    summary = camp.run_campaign(src, "Spring Sale!", resources(s3_settings), model_ref=model_id, shard_size=3,
+                                progress=False)
     c = summary["counts"]
     assert (c["rows_read"], c["rows_accepted"], c["rows_rejected"], c["rows_blank"]) == (8, 4, 3, 1)
     assert c["images"] == 7 and summary["shards"] == 3
@@ -112,9 +113,9 @@ def test_campaign_end_to_end(storage: Storage, s3_settings: Settings, model_id: 
 
 def test_same_csv_twice_reuses_results(storage: Storage, s3_settings: Settings, model_id: str) -> None:
     src = put_csv(storage, "twice.csv", "prompt,count\na red circle,3\na blue circle,2\n")
-    first = camp.run_campaign(src, "twice", s3_settings, model_ref=model_id, progress=False)
+    first = camp.run_campaign(src, "twice", resources(s3_settings), model_ref=model_id, progress=False)
     etags = {o.key: o.etag for o in storage.list("renders", first["prefix"] + "images/")}
-    second = camp.run_campaign(src, "twice", s3_settings, model_ref=model_id, progress=False)
+    second = camp.run_campaign(src, "twice", resources(s3_settings), model_ref=model_id, progress=False)
     assert first["images_rendered_now"] == 5 and second["images_rendered_now"] == 0
     assert {o.key: o.etag for o in storage.list("renders", first["prefix"] + "images/")} == etags
 
@@ -128,14 +129,14 @@ def test_resume_after_a_failed_shard_has_no_holes_or_duplicates(storage: Storage
     from gen_engine.runtime import load_backend
     from gen_engine.text import shared_encoder
 
-    model_dir, model = registry.resolve(model_id, s3_settings, store, LineageStore.from_settings(s3_settings))
+    model_dir, model = resources(s3_settings).registry.resolve(model_id)
     env = camp.RenderEnv(load_backend("torch", model_dir), model, shared_encoder(), batch_size=8, io_threads=2)
     real_put, calls = store.put_bytes, {"n": 0}
 
     def failing_put(bucket, key, data, **kw):
         calls["n"] += 1
         if calls["n"] > 10 and "/images/" in key:
-            from gen_engine.storage import StorageUnavailable
+            from gen_engine.infra.storage import StorageUnavailable
 
             raise StorageUnavailable("cannot reach the S3 server (test)")
         return real_put(bucket, key, data, **kw)
@@ -174,7 +175,7 @@ def test_resume_after_sigkill_mid_shard(storage: Storage, s3_settings: Settings,
     assert prefix, "the render never started writing images"
     done_before = len(storage.list("renders", prefix + "images/"))
     assert done_before < 640, "the run finished before it could be killed; make the campaign larger"
-    summary = camp.run_campaign(src, "killed", s3_settings, model_ref=model_id, progress=False)
+    summary = camp.run_campaign(src, "killed", resources(s3_settings), model_ref=model_id, progress=False)
     keys = [o.key for o in storage.list("renders", prefix + "images/")]
     assert len(keys) == len(set(keys)) == 640 == summary["counts"]["images"]
     assert summary["images_rendered_now"] == 640 - done_before
@@ -186,7 +187,7 @@ def test_two_campaigns_in_parallel_do_not_interfere(storage: Storage, s3_setting
     results: dict[str, dict] = {}
 
     def go(name: str) -> None:
-        results[name] = camp.run_campaign(srcs[name], name, s3_settings, model_ref=model_id, progress=False)
+        results[name] = camp.run_campaign(srcs[name], name, resources(s3_settings), model_ref=model_id, progress=False)
 
     threads = [threading.Thread(target=go, args=(n,)) for n in srcs]
     for t in threads:
@@ -202,12 +203,12 @@ def test_two_campaigns_in_parallel_do_not_interfere(storage: Storage, s3_setting
 def test_new_model_rerenders_instead_of_reusing(storage: Storage, s3_settings: Settings, model_id: str,
                                                 tmp_path) -> None:
     src = put_csv(storage, "newmodel.csv", "prompt,count\na red circle,2\n")
-    first = camp.run_campaign(src, "newmodel", s3_settings, model_ref=model_id, progress=False)
+    first = camp.run_campaign(src, "newmodel", resources(s3_settings), model_ref=model_id, progress=False)
     torch.manual_seed(1)
     d = save_model(tmp_path / "m2", Generator(GANConfig(resolution=16, nf=8)), {"name": "generator"})
     lineage = LineageStore.from_settings(s3_settings)
-    m2 = registry.publish(d, s3_settings, storage, lineage)["model_id"]
-    second = camp.run_campaign(src, "newmodel", s3_settings, model_ref=m2, progress=False)
+    m2 = resources(s3_settings).registry.publish(d)["model_id"]
+    second = camp.run_campaign(src, "newmodel", resources(s3_settings), model_ref=m2, progress=False)
     assert first["prefix"] == second["prefix"] and second["images_rendered_now"] == 2
     assert second["counts"]["images"] == 2 and lineage.run(second["run_id"])["model_id"] == m2
     key = second["prefix"] + "images/row000002_0.png"
@@ -220,8 +221,8 @@ def test_resume_after_the_s3_server_stopped_mid_shard(tmp_path, model_id: str, s
     """A private S3 server is really stopped during a shard's uploads, restarted, and the rerun completes."""
     import secrets
 
-    from gen_engine.services import LocalS3, S3Ports
-    from gen_engine.storage import StorageUnavailable
+    from gen_engine.infra.services import LocalS3, S3Ports
+    from gen_engine.infra.storage import StorageUnavailable
 
     server = LocalS3(tmp_path / "s3", S3Ports.free(), "k-" + secrets.token_hex(3), secrets.token_hex(12))
     server.start(["campaigns", "renders", "models"])
@@ -229,8 +230,7 @@ def test_resume_after_the_s3_server_stopped_mid_shard(tmp_path, model_id: str, s
         settings = Settings(s3_endpoint=server.endpoint, s3_access_key=server._access_key,
                             s3_secret_key=server._secret_key, local_dir=tmp_path / "local", s3_retries=2)
         store = Storage.from_settings(settings)
-        model_dir, _ = registry.resolve(model_id, s3_settings, Storage.from_settings(s3_settings),
-                                        LineageStore.from_settings(s3_settings))
+        model_dir, _ = resources(s3_settings).registry.resolve(model_id)
         src = put_csv(store, "outage.csv", "prompt,count,asset_name\n" +
                       "".join(f"outage prompt {i},16,a{i}\n" for i in range(8)))
         real_put, uploads = Storage.put_bytes, {"n": 0}
@@ -245,10 +245,10 @@ def test_resume_after_the_s3_server_stopped_mid_shard(tmp_path, model_id: str, s
 
         monkeypatch.setattr(Storage, "put_bytes", put_then_outage)
         with pytest.raises(StorageUnavailable, match=server.endpoint):
-            camp.run_campaign(src, "outage", settings, model_ref=str(model_dir), progress=False)
+            camp.run_campaign(src, "outage", resources(settings), model_ref=str(model_dir), progress=False)
         monkeypatch.undo()
         server.start(["campaigns", "renders", "models"])  # back, same data folder and ports
-        summary = camp.run_campaign(src, "outage", settings, model_ref=str(model_dir), progress=False)
+        summary = camp.run_campaign(src, "outage", resources(settings), model_ref=str(model_dir), progress=False)
         keys = [o.key for o in Storage.from_settings(settings).list("renders", summary["prefix"] + "images/")]
         assert len(keys) == len(set(keys)) == 128 == summary["counts"]["images"]
         assert 40 <= summary["images_reused"] < 128
@@ -264,7 +264,7 @@ def test_lineage_command_from_database_and_from_the_png_alone(storage: Storage, 
     from gen_engine.cli import app
 
     src = put_csv(storage, "trace.csv", "prompt,seed,asset_name\na traced circle,77,traced\n")
-    summary = camp.run_campaign(src, "trace", s3_settings, model_ref=model_id, progress=False)
+    summary = camp.run_campaign(src, "trace", resources(s3_settings), model_ref=model_id, progress=False)
     key = summary["prefix"] + "images/traced_0.png"
     for k, v in {"GEN_S3_ENDPOINT": s3_settings.s3_address, "GEN_LOCAL_DIR": str(s3_settings.local_dir),
                  "GEN_S3_ACCESS_KEY": s3_settings.s3_access_key.get_secret_value(),

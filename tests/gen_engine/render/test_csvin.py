@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gen_engine.render.csvin import CsvError, PromptCsv, Rejection, RowSpec, neutralise_cell, slugify, write_safe_csv
+from gen_engine.naming import slugify
+from gen_engine.render.csvin import CsvError, PromptCsv, Rejection, RowSpec, neutralise_cell, write_safe_csv
 
 GOOD = "prompt,seed,count,asset_name\na red circle,1,2,hero\na blue square,2,1,promo\n"
 

@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from gen_engine.datasets.curated import TrainData
 from gen_engine.datasets.synth import COLORS, SHAPES, draw, generate, write_imagefolder
+from gen_engine.models.artifact import load_generator
+from gen_engine.models.noise import seed_noise
 from gen_engine.text import shared_encoder
-from gen_engine.training.checkpoint import load_generator
-from gen_engine.training.loop import TrainConfig, TrainData, Trainer, seed_noise
+from gen_engine.training.config import TrainConfig
+from gen_engine.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -79,7 +82,7 @@ def test_guide_encoder_is_trained_once_per_run_stays_frozen_and_resume_stays_exa
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The guide is trained at the start of a run and kept in the run folder: a resumed run loads that one
     (it does not train another), G's loss never updates it, and resume stays bit-exact."""
-    from gen_engine.training import loop
+    from gen_engine.training import trainer as loop
 
     cfg = TrainConfig.from_yaml(REPO / "configs" / "tiny.yaml", steps=6, eval_every=3, guide_weight=1.0,
                                 guide_steps=5, text_stem=True)
@@ -247,8 +250,8 @@ def test_training_stops_at_its_deadline_with_a_checkpoint(tmp_path: Path) -> Non
 
 def test_bf16_auto_follows_the_cpus_native_bf16_and_the_generator_output_stays_float32(monkeypatch) -> None:
     from gen_engine.models.gan import GANConfig, Generator
-    from gen_engine.training import loop
-    from gen_engine.training.loop import bf16_autocast, cpu_bf16_native
+    from gen_engine.training import device as loop
+    from gen_engine.training.device import bf16_autocast, cpu_bf16_native
 
     avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
     assert cpu_bf16_native(avx2) == (False, "CPU lacks native bf16 (no avx512_bf16 / amx_bf16): fp32")
@@ -271,7 +274,7 @@ def test_bf16_auto_follows_the_cpus_native_bf16_and_the_generator_output_stays_f
 def test_contrastive_term_aligns_discriminator_embeddings_and_speeds_up_learning(tmp_path: Path) -> None:
     """With the image-text contrastive term, D embeds images next to their own caption, and G separates
     the colours in a third of the steps the hinge loss alone needs (150 instead of 450, above)."""
-    from gen_engine.training.loop import contrastive_loss
+    from gen_engine.training.losses import contrastive_loss
 
     cfg = TrainConfig(resolution=16, nf=16, batch_size=16, steps=150, lr_g=4e-4, lr_d=4e-4, diffaug="",
                       eval_every=10**6, contrastive_weight=1.0)
@@ -309,7 +312,7 @@ def test_cuda_training_runs_under_bf16_autocast_with_the_guide_trained_on_the_gp
 
 
 def test_warm_start_loads_the_champion_exactly_and_records_its_parent(tmp_path: Path) -> None:
-    from gen_engine.training.checkpoint import load_generator
+    from gen_engine.models.artifact import load_generator
 
     cfg = TrainConfig.from_yaml(REPO / "configs" / "tiny.yaml", steps=3, eval_every=3, text_norm=True)
     champion = Trainer(cfg, two_caption_data(32), tmp_path / "champion")
@@ -335,7 +338,7 @@ def test_warm_start_loads_the_champion_exactly_and_records_its_parent(tmp_path: 
 
 def test_sample_and_parity_prompts_come_from_the_datasets_held_out_captions(tmp_path: Path) -> None:
     from gen_engine.compile.onnx_export import parity_inputs
-    from gen_engine.training.loop import pick_prompts
+    from gen_engine.training.trainer import pick_prompts
 
     data = two_caption_data(32)
     data.heldout_captions = ["green heart", "红心", "party popper icon", "a sticker of pizza", "blue circle",

@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gen_engine.config import Settings
-from gen_engine.storage import Storage, StorageError
+from gen_engine.errors import UserError
+from gen_engine.infra.storage import Storage, StorageError
 
 GRPC_OFFSET = 10000
 
 
-class ServiceError(RuntimeError):
+class ServiceError(UserError):
     """A local service could not be started or stopped; the message says why and what to do."""
 
 
@@ -228,7 +229,7 @@ def _tail(path: Path, n: int = 15) -> str:
 
 
 # --- Airflow home ------------------------------------------------------------------------------------
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def airflow_home(settings: Settings) -> Path:

@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 
 
 def utcnow() -> str:
@@ -112,6 +112,10 @@ class LineageStore:
             return self._one("SELECT * FROM dataset_versions WHERE dataset = :d ORDER BY version DESC LIMIT 1",
                              d=dataset)
         return self._one("SELECT * FROM dataset_versions WHERE dataset = :d AND version = :v", d=dataset, v=version)
+
+    def dataset_version_by_id(self, version_id: str) -> dict[str, Any] | None:
+        """The version with this content id (an ingest of identical content finds its earlier version)."""
+        return self._one("SELECT * FROM dataset_versions WHERE version_id = :v", v=version_id)
 
     def datasets(self) -> list[dict[str, Any]]:
         return self._all(
@@ -228,6 +232,11 @@ class LineageStore:
         rows = [{"run_id": run_id, "row_number": r["row_number"], "reason": r["reason"],
                  "fields_json": _dumps(r.get("fields", {}))} for r in rejected]
         return self._bulk_insert_ignore("rejected_rows", rows, ("run_id", "row_number"))
+
+    def run_outputs(self, run_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """A run's images in row order (object_key, prompt, seed, row_number, k), at most ``limit``."""
+        return self._all("SELECT object_key, prompt, seed, row_number, k FROM render_outputs WHERE run_id = :r "
+                         "ORDER BY row_number, k LIMIT :n", r=run_id, n=limit)
 
     def rejected(self, run_id: str) -> list[dict[str, Any]]:
         return self._all("SELECT * FROM rejected_rows WHERE run_id = :r ORDER BY row_number", r=run_id)

@@ -30,6 +30,7 @@ from minio.commonconfig import CopySource
 from minio.error import MinioException, S3Error, ServerError
 
 from gen_engine.config import Settings
+from gen_engine.errors import GenEngineError, TransientError, UserError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,19 +41,19 @@ _META_PREFIX = "x-amz-meta-"
 MULTIPART_PART_SIZE = 16 * 1024 * 1024
 
 
-class StorageError(RuntimeError):
-    """Any S3 failure that is not transient; the message says what to do."""
+class StorageError(GenEngineError, RuntimeError):
+    """An S3 failure after the client's own retries; the message says what to do."""
 
 
-class StorageUnavailable(StorageError):
-    """The S3 endpoint cannot be reached."""
+class StorageUnavailable(StorageError, TransientError):
+    """The S3 endpoint cannot be reached (transient: worth retrying later)."""
 
 
-class StorageAuthError(StorageError):
-    """The S3 server rejected the credentials."""
+class StorageAuthError(StorageError, UserError):
+    """The S3 server rejected the credentials, or none are set (a setup mistake)."""
 
 
-class ObjectNotFound(StorageError, KeyError):
+class ObjectNotFound(StorageError, UserError, KeyError):
     """The object (or bucket) does not exist."""
 
     def __str__(self) -> str:  # KeyError would repr() the message

@@ -1,0 +1,167 @@
+"""Stage 2 of a campaign: render one shard (the DAG maps this over the plan's shards).
+
+Dedupe prompts, batch-encode text, z from PCG64 per image seed, batched inference, then encoding and
+upload in a bounded thread pool so compute, encoding and I/O overlap. Images already in S3 with
+matching render parameters are skipped, so a killed or failed shard resumes with no duplicates and
+no holes. A finished shard writes its part file; a rerun skips it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from gen_engine.config import Settings
+from gen_engine.infra.storage import ObjectNotFound, Storage
+from gen_engine.models.noise import seed_noise
+from gen_engine.render import imagemeta
+from gen_engine.render.csvin import RowSpec
+from gen_engine.render.plan import Plan, image_seed, object_key, part_key, shard_rows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RenderEnv:
+    """What rendering needs besides the plan: the loaded backend and the model's identity."""
+
+    backend: Any
+    model: dict[str, Any]
+    encoder: Any
+    batch_size: int  # Settings.render_batch_size
+    io_threads: int  # Settings.render_io_threads
+
+    @classmethod
+    def from_settings(cls, backend: Any, model: dict[str, Any], encoder: Any, settings: Settings) -> RenderEnv:
+        return cls(backend, model, encoder, settings.render_batch_size, settings.render_io_threads)
+
+
+def render_params(plan: Plan, spec: RowSpec, k: int, env: RenderEnv) -> dict[str, Any]:
+    size = spec.size or (env.backend.resolution, env.backend.resolution)
+    return {"Seed": image_seed(spec, plan.campaign, k), "Size": f"{size[0]}x{size[1]}",
+            "Native size": f"{env.backend.resolution}x{env.backend.resolution}", "Variety": spec.variety,
+            "Model": env.model["model_id"], "Engine": env.backend.name, "Format": spec.format,
+            "Campaign": plan.campaign, "Asset": spec.asset, "Index": k}
+
+
+def params_digest(params: dict[str, Any], prompt: str) -> str:
+    """Checksum of everything that determines an image; an existing object with it is reused."""
+    blob = json.dumps({k: v for k, v in params.items() if k != "Engine"} | {"prompt": prompt}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def pending_images(plan: Plan, specs: list[RowSpec], env: RenderEnv, store: Storage, bucket: str
+                   ) -> tuple[list[tuple[RowSpec, int, dict[str, Any], str]], list[dict[str, Any]]]:
+    """Every image of a shard in order, split into (to render, already in S3 with the same parameters)."""
+    existing = {o.key for o in store.list(bucket, plan.prefix + "images/")}
+    todo: list[tuple[RowSpec, int, dict[str, Any], str]] = []
+    outputs: list[dict[str, Any]] = []
+    for spec in specs:
+        for k in range(spec.count):
+            params = render_params(plan, spec, k, env)
+            digest = params_digest(params, spec.prompt)
+            key = object_key(plan, spec, k)
+            if key in existing:
+                try:
+                    meta = store.stat(bucket, key).metadata
+                except ObjectNotFound:
+                    meta = {}
+                if meta.get("params-digest") == digest:
+                    outputs.append(_output_row(spec, k, key, params, meta.get("sha256", ""), int(meta.get("bytes", 0))))
+                    continue
+            todo.append((spec, k, params, digest))
+    return todo, outputs
+
+
+def render_shard(plan: Plan, index: int, settings: Settings, store: Storage, env: RenderEnv,
+                 progress: bool = False) -> dict[str, Any]:
+    """Render one shard (resumable); returns its counts and timings."""
+    bucket = settings.bucket_renders
+    part = part_key(plan, index, env.model["model_id"])
+    if store.exists(bucket, part):
+        log.info("shard %d already complete, skipped", index)
+        return {"shard": index, "rendered": 0, "reused": plan.shards[index]["images"], "skipped_shard": True,
+                "backend": env.backend.name}
+    shard = plan.shards[index]
+    t0 = time.monotonic()
+    todo, outputs = pending_images(plan, shard_rows(plan, index, store, settings), env, store, bucket)
+    reused = len(outputs)
+
+    # Text embeddings once per distinct prompt.
+    prompts = sorted({spec.prompt for spec, *_ in todo})
+    emb = dict(zip(prompts, env.encoder.encode(prompts), strict=True)) if prompts else {}
+    t_infer = t_wait = 0.0
+    lock = threading.Lock()
+    in_flight = threading.BoundedSemaphore(env.batch_size * 4)  # bounded: memory is flat in campaign size
+
+    def upload(img: np.ndarray, spec: RowSpec, k: int, params: dict[str, Any], digest: str) -> None:
+        try:
+            out = Image.fromarray(img)
+            if spec.size and spec.size != out.size:
+                out = out.resize(spec.size, Image.Resampling.LANCZOS)
+            key = object_key(plan, spec, k)
+            lineage = {"run_id": plan.run_id, "campaign": plan.campaign, "csv_key": plan.csv_key,
+                       "csv_sha256": plan.csv_sha256, "row": spec.row_number, "k": k, "seed": params["Seed"],
+                       "model_id": env.model["model_id"], "dataset_version_id": env.model.get("dataset_version_id"),
+                       "code_version": env.model.get("code_version"), "object_key": key}
+            data = imagemeta.encode(out, spec.format, spec.prompt, params, lineage)
+            sha = hashlib.sha256(data).hexdigest()
+            store.put_bytes(bucket, key, data, content_type=imagemeta.content_type(spec.format), metadata={
+                "prompt": spec.prompt[:300], "prompt-sha256": hashlib.sha256(spec.prompt.encode()).hexdigest(),
+                "seed": str(params["Seed"]), "model-id": env.model["model_id"], "engine": env.backend.name,
+                "campaign": plan.campaign, "run-id": plan.run_id, "row": str(spec.row_number),
+                "csv-sha256": plan.csv_sha256, "params-digest": digest, "sha256": sha, "bytes": str(len(data)),
+                "digital-source-type": "trainedAlgorithmicMedia"})
+            with lock:
+                outputs.append(_output_row(spec, k, key, params, sha, len(data)))
+        finally:
+            in_flight.release()
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), desc=f"shard {index}", unit="img", disable=not progress, mininterval=1.0)
+    with cf.ThreadPoolExecutor(env.io_threads, thread_name_prefix="encode-upload") as pool:
+        futures = []
+        for b in range(0, len(todo), env.batch_size):
+            batch = todo[b : b + env.batch_size]
+            z = np.stack([seed_noise(params["Seed"], env.backend.z_dim, spec.variety) for spec, _, params, _ in batch])
+            text = np.stack([emb[spec.prompt] for spec, *_ in batch])
+            ti = time.monotonic()
+            imgs = env.backend.render(z, text)
+            t_infer += time.monotonic() - ti
+            tw = time.monotonic()
+            for img, (spec, k, params, digest) in zip(imgs, batch, strict=True):
+                in_flight.acquire()
+                futures.append(pool.submit(upload, img, spec, k, params, digest))
+            t_wait += time.monotonic() - tw
+            bar.update(len(batch))
+            if b // env.batch_size % 10 == 0:
+                log.info("shard %d: %d/%d images", index, min(b + len(batch), len(todo)), len(todo))
+        for f in futures:
+            f.result()  # re-raise the first upload failure: the shard fails, a rerun resumes it
+    bar.close()
+
+    outputs.sort(key=lambda o: (o["row_number"], o["k"]))
+    assert len(outputs) == shard["images"], (len(outputs), shard["images"])
+    body = "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in outputs).encode("utf-8")
+    store.put_bytes(bucket, part, body, content_type="application/x-ndjson")
+    dt = time.monotonic() - t0
+    log.info("shard %d done: %d rendered, %d reused in %.1fs (inference %.1fs)", index, len(todo), reused, dt, t_infer)
+    return {"shard": index, "rendered": len(todo), "reused": reused, "seconds": dt, "inference_seconds": t_infer,
+            "backpressure_seconds": t_wait, "backend": env.backend.name}
+
+
+def _output_row(spec: RowSpec, k: int, key: str, params: dict[str, Any], sha: str, nbytes: int) -> dict[str, Any]:
+    return {"object_key": key, "row_number": spec.row_number, "asset": spec.asset, "k": k, "prompt": spec.prompt,
+            "seed": params["Seed"], "size": params["Size"], "format": spec.format, "variety": spec.variety,
+            "model_id": params["Model"], "engine": params["Engine"], "sha256": sha, "bytes": nbytes,
+            "extra": spec.extra}
