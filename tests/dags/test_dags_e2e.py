@@ -72,6 +72,8 @@ def test_malformed_csv_ends_in_failed_with_its_report(s3_settings, factory_env, 
     run = get_dag("campaign_render").test(run_conf={"csv_key": "claimed/broken.x.csv", "campaign": "broken"})
     st = states(run)
     assert st["validate_and_plan"] == "failed" and st["mark_failed"] == "success"
+    plan_ti = next(ti for ti in run.get_task_instances() if ti.task_id == "validate_and_plan")
+    assert plan_ti.try_number == 1, "a bad file is a user error: failed at once, not retried"
     assert store.exists("campaigns", "failed/broken.x.csv") and not store.exists("campaigns", "claimed/broken.x.csv")
     report = json.loads(store.get_bytes("campaigns", "failed/broken.x.report.json"))
     assert "no 'prompt' column" in report["error"]
