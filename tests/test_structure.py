@@ -220,3 +220,16 @@ def test_every_declared_package_is_used() -> None:
 def test_the_not_imported_exceptions_are_still_declared(dist: str) -> None:
     main, extras = _declared()
     assert dist in main | extras, f"{dist} is excused in NOT_IMPORTED but no longer declared: drop the excuse"
+
+
+def test_storage_and_lineage_are_built_only_by_resources() -> None:
+    """One wiring point: the product code gets S3 and the database from `Resources`, never builds its own."""
+    offenders = []
+    for d in ("gen_engine", "plugins", "dags"):
+        for path in sorted((REPO / d).rglob("*.py")):
+            if path == PKG / "resources.py":
+                continue
+            for i, line in enumerate(path.read_text().splitlines(), 1):
+                if re.search(r"\b(Storage|LineageStore)\.from_settings\(", line):
+                    offenders.append(f"{path.relative_to(REPO)}:{i}: {line.strip()}")
+    assert not offenders, "use gen_engine.resources instead:\n" + "\n".join(offenders)
