@@ -49,6 +49,19 @@ def test_gpu_worker_serves_queue_gpu_with_a_device_reservation() -> None:
     assert "gpu" not in cpu["command"][cpu["command"].index("--queues") + 1]
 
 
+def test_the_training_task_is_routed_to_the_gpu_workers_queue() -> None:
+    """The DAG reads the queue from Settings.airflow_gpu_queue: every Airflow service must agree on it."""
+    from gen_engine.config import Settings
+
+    gpu = SERVICES["airflow-worker-gpu"]
+    queue = gpu["command"][gpu["command"].index("--queues") + 1]
+    for name, svc in SERVICES.items():
+        if name.startswith("airflow"):
+            env = svc.get("environment", {})
+            routed = env.get("GEN_AIRFLOW_GPU_QUEUE", Settings.model_fields["airflow_gpu_queue"].default)
+            assert routed == queue, f"{name} would send training to another queue than the GPU worker's ({queue})"
+
+
 def test_no_secret_is_inline() -> None:
     for name, svc in SERVICES.items():
         for key, value in (svc.get("environment") or {}).items():
