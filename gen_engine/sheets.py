@@ -1,15 +1,99 @@
 """Pictures of many images at once: labelled sample grids (training) and contact sheets (ingest, campaigns).
 
-Plain PIL and numpy, shared by every stage that shows images, so none of them imports another's code."""
+Plain PIL and numpy, shared by every stage that shows images, so none of them imports another's code.
+
+Labels are prompts, in whatever script the team wrote them: each character is drawn with the first
+of these fonts that has a glyph for it, so no script turns into missing-glyph boxes:
+- DejaVu Sans (ships inside matplotlib): Latin, Greek, Cyrillic, Arabic, Hebrew, many symbols;
+- Noto Sans CJK SC (PyPI ``noto-cjk-sans-otc``, SIL OFL 1.1): Chinese, Japanese kana, Korean hangul.
+Characters neither font covers (colour emoji) are drawn by the first font. Arabic is drawn letter by
+letter, left to right (no shaping without libraqm): legible, not typeset.
+"""
 
 from __future__ import annotations
 
+import functools
 import io
 import math
-import textwrap
+from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
+
+LABEL_PX = 11  # label text size (the height PIL's old bitmap default had)
+CJK_FACE = 2  # NotoSansCJK-Regular.ttc: 0 JP, 1 KR, 2 SC, 3 TC, 4 HK (same glyph set, regional forms)
+
+
+def _font_files() -> list[tuple[Path, int]]:
+    import matplotlib
+    import noto_cjk_sans_otc
+
+    return [(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf", 0),
+            (Path(str(noto_cjk_sans_otc.FONT_PATH)), CJK_FACE)]
+
+
+@functools.cache
+def label_fonts(size: int = LABEL_PX) -> tuple[tuple[ImageFont.FreeTypeFont, frozenset[int]], ...]:
+    """(font, code points it covers) in order of preference; read once per size."""
+    from fontTools.ttLib import TTFont
+
+    out = []
+    for path, index in _font_files():
+        cmap = TTFont(str(path), fontNumber=index, lazy=True).getBestCmap()
+        out.append((ImageFont.truetype(str(path), size, index=index), frozenset(cmap)))
+    return tuple(out)
+
+
+def _runs(text: str, size: int) -> list[tuple[str, ImageFont.FreeTypeFont]]:
+    """``text`` cut into runs of characters that one font draws."""
+    fonts = label_fonts(size)
+    runs: list[tuple[str, ImageFont.FreeTypeFont]] = []
+    for ch in text:
+        font = next((f for f, covered in fonts if ord(ch) in covered or ch.isspace()), fonts[0][0])
+        if runs and runs[-1][1] is font:
+            runs[-1] = (runs[-1][0] + ch, font)
+        else:
+            runs.append((ch, font))
+    return runs
+
+
+def text_width(text: str, size: int = LABEL_PX) -> float:
+    return sum(font.getlength(run) for run, font in _runs(text, size))
+
+
+def draw_label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, fill: tuple[int, int, int],
+               size: int = LABEL_PX) -> None:
+    """Draw one line of text in any script, font by font (see the module docstring)."""
+    x, y = xy
+    for run, font in _runs(text, size):
+        draw.text((x, y), run, font=font, fill=fill)
+        x += font.getlength(run)
+
+
+def fit_lines(text: str, width: float, max_lines: int, size: int = LABEL_PX) -> list[str]:
+    """Greedy wrap to ``width`` pixels: at spaces where there are any, else between characters (CJK);
+    what does not fit in ``max_lines`` is cut, the last line ending in an ellipsis."""
+    lines: list[str] = []
+    line = ""
+    for ch in text:
+        if text_width(line + ch, size) <= width:
+            line += ch
+            continue
+        cut = line.rfind(" ")
+        if cut > 0 and not ch.isspace():
+            lines.append(line[:cut])
+            line = line[cut + 1:] + ch
+        else:
+            lines.append(line)
+            line = "" if ch.isspace() else ch
+    if line:
+        lines.append(line)
+    if len(lines) > max_lines:
+        last = lines[max_lines - 1]
+        while last and text_width(last + "…", size) > width:
+            last = last[:-1]
+        lines = [*lines[: max_lines - 1], last + "…"]
+    return lines
 
 
 def image_grid(imgs: np.ndarray, cols: int, labels: list[str] | None = None, scale: int = 0) -> Image.Image:
@@ -26,7 +110,8 @@ def image_grid(imgs: np.ndarray, cols: int, labels: list[str] | None = None, sca
         tile = Image.fromarray(imgs[i]).resize((w, h), Image.Resampling.NEAREST)
         sheet.paste(tile, (c * w, r * (h + label_h) + label_h))
         if labels and c == 0 and r < len(labels):
-            draw.text((2, r * (h + label_h) + 1), labels[r][: cols * w // 6], fill=(0, 0, 0))
+            line = fit_lines(labels[r], cols * w - 4, 1)
+            draw_label(draw, (2, r * (h + label_h)), line[0] if line else "", (0, 0, 0))
     return sheet
 
 
@@ -45,9 +130,9 @@ def contact_sheet(items: list[tuple[bytes, str, str]], cols: int = 8, tile: int 
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
                          Image.Resampling.LANCZOS)
         sheet.paste(img, (x + (tile - img.width) // 2, y + 4))
-        lines = [label[:26]] + textwrap.wrap(prompt, 26)[:2]
+        lines = fit_lines(label, tile - 8, 1) + fit_lines(prompt, tile - 8, 2)
         for j, line in enumerate(lines):
-            draw.text((x + 4, y + tile + 2 + j * 13), line, fill=(20, 20, 20) if j else (90, 90, 160))
+            draw_label(draw, (x + 4, y + tile + 1 + j * 13), line, (20, 20, 20) if j else (90, 90, 160))
     buf = io.BytesIO()
     sheet.save(buf, "PNG", optimize=True)
     return buf.getvalue()
