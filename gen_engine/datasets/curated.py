@@ -114,14 +114,18 @@ class TrainData:
             data.heldout_captions = list(dict.fromkeys(everything.filter(pl.col("split") == "val")["caption"]))
         return data
 
-    def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch ``step`` of an epoch-wise shuffle seeded by (seed, epoch): a pure function of step."""
+    def indices(self, step: int, batch_size: int, seed: int) -> torch.Tensor:
+        """Rows of batch ``step`` of an epoch-wise shuffle seeded by (seed, epoch): a pure function of step."""
         n = len(self)
         start = step * batch_size
-        idx = []
+        idx: list[int] = []
         while len(idx) < batch_size:
             epoch, off = divmod(start + len(idx), n)
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
             idx.extend(perm[off : off + batch_size - len(idx)].tolist())
-        ix = torch.tensor(idx)
+        return torch.tensor(idx)
+
+    def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images in [-1, 1] and caption embeddings of batch ``step`` (see `indices`)."""
+        ix = self.indices(step, batch_size, seed)
         return self.images[ix].float() / 127.5 - 1.0, self.text[ix]

@@ -50,6 +50,10 @@ class TrainConfig(BaseModel):
                                "of CLIP): G is pushed to make augmented fakes embed next to their captions in "
                                "a frozen space that already tells shapes apart, while D is still learning.")
     guide_steps: int = Field(1000, ge=1, description="Training steps (batch 128) of the guide encoder.")
+    recolour: float = Field(
+        0.0, ge=0, le=1, description="Share of recolourable rows shown hue-rotated to another colour and captioned "
+                                     "with it (`training.recolour`): teaches colour words on data that seldom "
+                                     "names a colour. Needs a `name` column (the starter data).")
     init_from: str = Field(
         "none", description="Warm start: 'none' trains from scratch; 'production' (or another alias, a model id "
                             "or a model folder) starts G (and D, when the artifact has it) from that model's "

@@ -76,6 +76,12 @@ class Trainer:
         self.guide_seconds = 0.0  # time spent training the guide encoder in this process
         self.sample_prompts = list(cfg.sample_prompts) or pick_prompts(data)
         self.guide = self._guide() if cfg.guide_weight else None
+        self.recolour = None
+        if cfg.recolour:
+            from gen_engine.text import shared_encoder
+            from gen_engine.training.recolour import RecolourTable
+
+            self.recolour = RecolourTable.build(data, shared_encoder(), cfg.seed)
 
     def _warm_start(self, model_dir: Path, parent: str | None) -> None:
         """Load a published model's generator (and discriminator, if its artifact has one) exactly."""
@@ -133,7 +139,11 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         cfg, dev = self.cfg, self.device
-        real, text = self.data.batch(self.step, cfg.batch_size, cfg.seed)
+        idx = self.data.indices(self.step, cfg.batch_size, cfg.seed)
+        real, text = self.data.images[idx].float() / 127.5 - 1.0, self.data.text[idx]
+        if self.recolour is not None:
+            real, text = self.recolour.apply(real, text, idx, cfg.recolour,
+                                             torch.Generator().manual_seed(cfg.seed * 7_919 + self.step))
         real, text = real.to(dev), text.to(dev)
         rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
         z = torch.randn(cfg.batch_size, cfg.gan.z_dim, generator=rng).to(dev)

@@ -1,0 +1,139 @@
+"""Recolouring augmentation: teach the colour word by showing the same artwork in other colours.
+
+The starter data names a colour in about 1.5% of its captions ("green heart", "blue book"), and each
+colour-object pair is a handful of images, so a generator learns the object from the caption and
+the colour from the object (every heart comes out red). Here an artwork whose chromatic pixels
+share one hue is shown, with probability ``TrainConfig.recolour``, with its hue rotated to one of
+seven colours and captioned with that colour ("a sticker of blue apple"): colour words and objects
+are decorrelated, and the colour word becomes the only cue for the hue.
+
+The hue of an artwork is the circular mean of its chromatic pixels' hues (saturation >= 0.25,
+value >= 0.25, not near white), used only when those pixels are at least a quarter of the foreground
+and agree (mean resultant length >= 0.8). Target hues are the colours' centres in HSV; brown,
+black, grey and white are not targets (a hue rotation cannot make them).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gen_engine.datasets.starter import COLOURS, caption_colour
+
+log = logging.getLogger(__name__)
+TARGETS = {"red": 0.0, "orange": 28.0, "yellow": 55.0, "green": 120.0, "blue": 220.0, "purple": 275.0, "pink": 320.0}
+TEMPLATES = ("{colour} {name}", "a sticker of {colour} {name}", "an icon of {colour} {name}")
+
+
+def image_hue(img: np.ndarray) -> float | None:
+    """(H, W, 3) uint8 -> the artwork's hue in degrees, or None when it has no single chromatic hue."""
+    x = img.reshape(-1, 3).astype(np.float32) / 255.0
+    mx, mn = x.max(1), x.min(1)
+    fg = (3.0 - x.sum(1)) > 60 / 255.0  # not (near) white: the background
+    c = mx - mn
+    s = np.where(mx > 0, c / np.maximum(mx, 1e-6), 0.0)
+    chroma = fg & (s >= 0.25) & (mx >= 0.25)
+    if fg.sum() == 0 or chroma.sum() < 0.25 * fg.sum():
+        return None
+    r, g, b = x[chroma, 0], x[chroma, 1], x[chroma, 2]
+    cc = np.maximum(c[chroma], 1e-6)
+    mxc = mx[chroma]
+    h = np.where(mxc == r, ((g - b) / cc) % 6, np.where(mxc == g, (b - r) / cc + 2, (r - g) / cc + 4)) * 60.0
+    vec = np.exp(1j * np.deg2rad(h)).mean()
+    if abs(vec) < 0.8:
+        return None
+    return float(np.rad2deg(np.angle(vec)) % 360.0)
+
+
+def hue_rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate the HSV hue of (B, 3, H, W) images in [-1, 1] by ``degrees`` (B,); saturation and value kept."""
+    rgb = (x + 1) / 2
+    mx, _ = rgb.max(1)
+    mn, _ = rgb.min(1)
+    c = mx - mn
+    r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    safe = c.clamp(min=1e-6)
+    h = torch.where(mx == r, ((g - b) / safe) % 6, torch.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    h = (h + degrees.view(-1, 1, 1) / 60.0) % 6
+    s = torch.where(mx > 0, c / mx.clamp(min=1e-6), torch.zeros_like(mx))
+    v = mx
+
+    def channel(n: float) -> torch.Tensor:
+        k = (n + h) % 6
+        return v - v * s * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+
+    return torch.stack([channel(5), channel(3), channel(1)], 1) * 2 - 1
+
+
+def recoloured_name(name: str, colour: str) -> str:
+    """The artwork's name in ``colour``: its own colour word replaced, or the colour put in front."""
+    own = caption_colour(name)
+    if own is not None and re.search(rf"\b{own}\b", name, re.IGNORECASE):
+        return re.sub(rf"\b{own}\b", colour, name, count=1, flags=re.IGNORECASE)
+    return f"{colour} {name}"
+
+
+@dataclass
+class RecolourTable:
+    """Per training row: its hue (NaN if not recolourable) and the embeddings of its recoloured captions."""
+
+    hue: torch.Tensor  # (N,) degrees, NaN where the row is not eligible
+    slot: torch.Tensor  # (N,) index into emb, -1 where not eligible
+    emb: torch.Tensor  # (M, len(TARGETS), D)
+
+    @classmethod
+    def build(cls, data: object, encoder: object, seed: int = 0) -> RecolourTable:
+        """From a TrainData with a ``name`` column (the starter data has it); English names only."""
+        names = getattr(data, "meta", {}).get("name") or []
+        n = len(data.captions)  # type: ignore[attr-defined]
+        hue = torch.full((n,), float("nan"))
+        slot = torch.full((n,), -1, dtype=torch.long)
+        rows: list[int] = []
+        images = data.images.permute(0, 2, 3, 1).numpy()  # type: ignore[attr-defined]
+        hue_of: dict[int, float | None] = {}
+        for i, name in enumerate(names):
+            if not name or not name.isascii() or any(w in name.lower().split() for w in ("skin", "tone")):
+                continue
+            key = hash(images[i].tobytes())
+            if key not in hue_of:
+                hue_of[key] = image_hue(images[i])
+            if hue_of[key] is not None:
+                hue[i], slot[i] = hue_of[key], len(rows)
+                rows.append(i)
+        rng = np.random.default_rng(seed)
+        captions = [[TEMPLATES[rng.integers(len(TEMPLATES))].format(colour=c, name=recoloured_name(names[i], c))
+                     for c in TARGETS] for i in rows]
+        flat = [c for row in captions for c in row]
+        unique = sorted(set(flat))
+        dim = data.text.shape[1]  # type: ignore[attr-defined]
+        emb = torch.empty(0, len(TARGETS), dim)
+        if rows:
+            emb_u = torch.from_numpy(encoder.encode(unique, cache=False))  # type: ignore[attr-defined]
+            index = {c: j for j, c in enumerate(unique)}
+            emb = emb_u[[index[c] for c in flat]].view(len(rows), len(TARGETS), dim)
+        log.info("recolour: %d of %d rows recolourable (%d distinct captions embedded)", len(rows), n, len(unique))
+        assert set(TARGETS) <= set(COLOURS)
+        return cls(hue, slot, emb)
+
+    def apply(self, real: torch.Tensor, text: torch.Tensor, idx: torch.Tensor, p: float,
+              gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Recolour each eligible row of the batch with probability ``p`` (draws from ``gen``: a pure
+        function of the step, so resume stays exact)."""
+        b = len(idx)
+        coin = torch.rand(b, generator=gen)
+        pick = torch.randint(len(TARGETS), (b,), generator=gen)
+        slots = self.slot[idx]
+        sel = (coin < p) & (slots >= 0)
+        if not bool(sel.any()):
+            return real, text
+        targets = torch.tensor(list(TARGETS.values()))[pick[sel]]
+        delta = targets - self.hue[idx][sel]
+        real, text = real.clone(), text.clone()
+        real[sel] = hue_rotate(real[sel], delta)
+        text[sel] = self.emb[slots[sel], pick[sel]].to(text.dtype)
+        return real, text
+

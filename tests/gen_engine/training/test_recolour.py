@@ -1,0 +1,77 @@
+"""The recolouring augmentation: exact hue rotation, which artworks qualify, captions that name the new colour."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gen_engine.datasets.curated import TrainData
+from gen_engine.evaluation.colour import dominant_colour
+from gen_engine.training.recolour import TARGETS, RecolourTable, hue_rotate, image_hue, recoloured_name
+
+
+def _disc(rgb: tuple[int, int, int], size: int = 32) -> np.ndarray:
+    img = np.full((size, size, 3), 255, np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    img[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2] = rgb
+    return img
+
+
+def _to_tensor(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    return ((x[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+
+
+def test_hue_rotation_moves_the_colour_and_keeps_white_and_grey() -> None:
+    red = _to_tensor(_disc((220, 30, 30)))
+    for colour, hue in TARGETS.items():
+        out = _to_uint8(hue_rotate(red, torch.tensor([hue - image_hue(_disc((220, 30, 30)))])))
+        assert dominant_colour(out) == colour, colour
+        assert (out[0, 0] == 255).all()  # the white background stays white
+    grey = _to_tensor(np.full((8, 8, 3), 128, np.uint8))
+    assert torch.allclose(hue_rotate(grey, torch.tensor([90.0])), grey, atol=1e-6)
+    assert torch.allclose(hue_rotate(red, torch.tensor([360.0])), red, atol=1e-5)
+
+
+def test_only_artworks_with_one_chromatic_hue_qualify() -> None:
+    assert abs(image_hue(_disc((220, 30, 30))) - 0.0) < 1 or abs(image_hue(_disc((220, 30, 30))) - 360) < 1
+    assert abs(image_hue(_disc((30, 200, 30))) - 120.0) < 1
+    assert image_hue(_disc((40, 40, 40))) is None  # black: no hue to rotate
+    half = _disc((220, 30, 30))
+    half[:, 16:][half[:, 16:, 0] == 220] = (30, 30, 220)
+    assert image_hue(half) is None  # red and blue halves: no single hue
+
+
+def test_recoloured_names_replace_the_colour_word_or_lead_with_it() -> None:
+    assert recoloured_name("red apple", "blue") == "blue apple"
+    assert recoloured_name("sun", "green") == "green sun"
+    assert recoloured_name("Red Heart", "pink") == "pink Heart"
+
+
+class _Encoder:
+    def encode(self, texts: list[str], cache: bool = False) -> np.ndarray:
+        out = np.zeros((len(texts), 8), np.float32)
+        for i, t in enumerate(texts):
+            out[i, list(TARGETS).index(next(c for c in TARGETS if c in t.split()))] = 1.0
+        return out
+
+
+def test_a_recoloured_batch_carries_the_new_colours_caption_and_is_a_function_of_the_step() -> None:
+    imgs = np.stack([_disc((220, 30, 30)), _disc((40, 40, 40))])
+    data = TrainData(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), torch.zeros(2, 8),
+                     ["red circle", "black circle"], "t")
+    data.meta = {"name": ["red circle", "black circle"]}
+    table = RecolourTable.build(data, _Encoder())
+    assert table.slot.tolist() == [0, -1]  # the black one cannot be recoloured
+    idx = torch.tensor([0, 1, 0, 1])
+    real = data.images[idx].float() / 127.5 - 1
+    runs = [table.apply(real, data.text[idx], idx, 1.0, torch.Generator().manual_seed(5)) for _ in range(2)]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    out, text = runs[0]
+    for row in (0, 2):
+        colour = list(TARGETS)[int(text[row].argmax())]
+        assert dominant_colour(_to_uint8(out[row : row + 1])) == colour
+    assert torch.equal(out[1], real[1]) and torch.equal(text[1], data.text[1])  # not eligible: untouched
