@@ -303,7 +303,7 @@ def evaluate(
 
     train_data = load(data)
     held = load(heldout) if heldout else load(data, split="val")
-    metrics = evaluate_model(model_dir, train_data, held, s.local_dir / "cache" / "eval",
+    metrics = evaluate_model(model_dir, train_data, held, s.local_dir / "cache" / "eval", n=s.eval_images,
                              encoder_steps=s.eval_encoder_steps)
     if out is None:  # a trainer's export is <run>/model; the run folder holds config.json and the grids
         run_dir = model_dir.parent if (model_dir.parent / "config.json").exists() else None

@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from gen_engine.config import Settings
 from gen_engine.models.encoder import ImageEncoder, load_encoder, save_encoder
 from gen_engine.training.encoder import train_encoder
 
-ENCODER_STEPS = 1500  # training steps of an evaluation encoder (Settings.eval_encoder_steps in the DAGs)
+# Training steps of an evaluation encoder: the settings' default (Settings.eval_encoder_steps).
+ENCODER_STEPS: int = Settings.model_fields["eval_encoder_steps"].default
 
 
 @torch.no_grad()
