@@ -283,3 +283,25 @@ def test_lineage_command_from_database_and_from_the_png_alone(storage: Storage, 
     t = json.loads(res.output)
     assert t["source"] == "embedded image metadata" and t["lineage"]["seed"] == 77
     assert t["lineage"]["csv_sha256"] == summary["csv_sha256"] and t["parameters"].startswith("a traced circle")
+
+
+NON_LATIN = {"zh": "一颗红色的心形贴纸", "ar": "قلب أحمر على خلفية بيضاء", "ja": "赤いハートのステッカー",
+             "emoji": "party popper 🎉 sticker ❤️"}
+
+
+def test_non_latin_prompts_survive_csv_png_metadata_manifest_gallery_and_lineage(
+        storage: Storage, s3_settings: Settings, model_id: str) -> None:
+    rows = "".join(f'"{p}",5,1,{lang}\n' for lang, p in NON_LATIN.items())
+    src = put_csv(storage, "scripts.csv", "prompt,seed,count,asset_name\n" + rows)
+    res = resources(s3_settings)
+    summary = camp.run_campaign(src, "scripts", res, model_ref=model_id, progress=False)
+    assert summary["counts"]["rows_accepted"] == 4 and summary["counts"]["rows_rejected"] == 0
+    prefix = summary["prefix"]
+    man = storage.get_bytes("renders", prefix + "manifest.csv").decode("utf-8-sig")
+    page = storage.get_bytes("renders", prefix + "index.html").decode("utf-8")
+    for lang, prompt in NON_LATIN.items():
+        key = f"{prefix}images/{lang}_0.png"
+        assert read_provenance(storage.get_bytes("renders", key))["parameters"].startswith(prompt + "\n")
+        assert storage.stat("renders", key).metadata["prompt"] == prompt  # S3 metadata is ASCII: encoded, decoded
+        assert res.lineage.trace(key)["prompt"] == prompt
+        assert prompt in man and html.escape(prompt) in page
