@@ -215,15 +215,29 @@ class CampaignFailed(UserError):
     """The campaign cannot be rendered (bad file); the CSV is already in failed/ with its report."""
 
 
+def campaign_csv_key(raw: str, bucket: str) -> str:
+    """The key of a CSV the render DAG may act on: ``incoming/<name>.csv`` or ``claimed/<name>.csv``, one
+    level deep, nothing else. The key comes from a form or the REST API, and the render moves (and
+    deletes) what it names: ``processed/...``, ``failed/...``, a ``.claim`` marker or ``../`` are refused."""
+    key = (raw or "").strip().removeprefix(f"{bucket}/")
+    folder, _, name = key.partition("/")
+    if (folder not in ("incoming", "claimed") or not name or "/" in name or "\\" in name
+            or name.startswith(".") or not name.lower().endswith(".csv") or any(ord(c) < 32 for c in key)):
+        raise UserError(f"csv_key '{raw[:120]}' is not a CSV under incoming/ or claimed/ in the campaigns bucket; "
+                        "give e.g. incoming/spring_sale.csv")
+    return key
+
+
 def plan_campaign(res: Resources, params: dict[str, Any]) -> dict[str, Any]:
     """Claim (if still in incoming/), pin the model, validate and plan. Small JSON for XCom."""
     from gen_engine.render.campaign import prepare
     from gen_engine.render.csvin import CsvError
 
     settings, store = res.settings, res.storage
-    bucket, csv_key = settings.bucket_campaigns, params["csv_key"]
-    if not csv_key:
+    bucket = settings.bucket_campaigns
+    if not params.get("csv_key"):
         raise UserError("params.csv_key is empty: give the CSV's key in the campaigns bucket")
+    csv_key = campaign_csv_key(params["csv_key"], bucket)
     campaign = params.get("campaign") or slugify(Path(csv_key).stem.split(".")[0])
     if csv_key.startswith("incoming/"):
         etag = store.stat(bucket, csv_key).etag
@@ -277,7 +291,11 @@ def fail_campaign(res: Resources, csv_key: str, reason: str) -> str | None:
     """Move the CSV to failed/ unless it was already moved (by the step that knew the reason)."""
     if not csv_key:
         return None  # a manual run with an empty form: there is no file to move
-    csv_key = csv_key.removeprefix(f"{res.settings.bucket_campaigns}/")
+    try:
+        csv_key = campaign_csv_key(csv_key, res.settings.bucket_campaigns)
+    except UserError:
+        log.warning("not moving '%s': not a CSV under incoming/ or claimed/", csv_key[:120])
+        return None  # a refused key is never moved, whatever it names
     if not res.storage.exists(res.settings.bucket_campaigns, csv_key):
         return None
     return finish_campaign(res, csv_key, False, {"error": reason})

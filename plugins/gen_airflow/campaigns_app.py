@@ -23,7 +23,9 @@ except ImportError:  # pragma: no cover
     def get_user() -> None:  # type: ignore[misc]
         raise HTTPException(status_code=401, detail="Not authenticated")
 
-app = FastAPI(title="Campaigns", dependencies=[Depends(get_user)])
+# No generated API docs: FastAPI serves /docs, /redoc and /openapi.json outside the app's dependencies,
+# so they would answer anonymous callers (and describe the routes to them).
+app = FastAPI(title="Campaigns", dependencies=[Depends(get_user)], docs_url=None, redoc_url=None, openapi_url=None)
 e = html.escape
 _CSS = ("body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}table{border-collapse:collapse}"
         "td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}.grid{display:grid;"

@@ -79,6 +79,33 @@ def test_malformed_csv_ends_in_failed_with_its_report(s3_settings, factory_env, 
     assert "no 'prompt' column" in report["error"]
 
 
+def test_the_render_dag_refuses_keys_outside_incoming_and_claimed(s3_settings, factory_env, production_model) -> None:
+    """csv_key comes from a form or the REST API: a key naming a delivered file (or a claim marker) must not
+    make the factory move or delete it."""
+    store = Storage.from_settings(s3_settings)
+    victims = ["processed/delivered.x.csv", "claimed/other.x.csv.claim", "incoming/../processed/delivered.x.csv"]
+    store.put_bytes("campaigns", "processed/delivered.x.csv", b"title\nnot a prompt csv\n")
+    store.put_bytes("campaigns", "claimed/other.x.csv.claim", b"owner")
+    before = {o.key for o in store.list("campaigns")}
+    for key in victims:
+        run = get_dag("campaign_render").test(run_conf={"csv_key": key, "campaign": "attack"})
+        st = states(run)
+        assert st["validate_and_plan"] == "failed" and st["mark_failed"] == "success", (key, st)
+    assert {o.key for o in store.list("campaigns")} == before, "an object outside incoming/ or claimed/ was moved"
+
+
+def test_campaign_csv_keys() -> None:
+    from gen_engine.errors import UserError
+    from gen_engine.orchestration import campaign_csv_key
+
+    assert campaign_csv_key("incoming/a.csv", "campaigns") == "incoming/a.csv"
+    assert campaign_csv_key("campaigns/claimed/a.0123.csv", "campaigns") == "claimed/a.0123.csv"
+    for bad in ("processed/a.csv", "failed/a.csv", "claimed/a.csv.claim", "incoming/../processed/a.csv",
+                "incoming/sub/a.csv", "incoming/.hidden.csv", "incoming/a.txt", "a.csv", "incoming/a\n.csv"):
+        with pytest.raises(UserError):
+            campaign_csv_key(bad, "campaigns")
+
+
 def _shapes_zip(n: int, seed: int) -> bytes:
     from gen_engine.datasets.synth import generate
 

@@ -27,9 +27,15 @@ def client(s3_settings: Settings, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_anonymous_callers_are_refused(client) -> None:
-    c, _, _ = client
+    c, app, _ = client
     for path in ("/", "/api/runs", "/runs/whatever"):
         assert c.get(path).status_code == 401
+    # Nothing answers an anonymous caller: FastAPI's generated docs included (they bypass app dependencies).
+    for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
+        assert c.get(path).status_code in (401, 404), path
+    for route in app.routes:
+        path = getattr(route, "path", "").replace("{run_id}", "x")
+        assert c.get(path).status_code in (401, 404, 405), path
 
 
 def test_pages_answer_and_escape_user_text(client, s3_settings: Settings, tmp_path) -> None:
