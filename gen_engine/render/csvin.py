@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 import math
 import re
 import unicodedata
@@ -29,6 +30,16 @@ from gen_engine.naming import slugify
 MAX_SEED = 2**32 - 1
 FORMATS = {"png": "png", "webp": "webp", "jpeg": "jpeg", "jpg": "jpeg"}
 KNOWN_COLUMNS = ("prompt", "seed", "count", "asset_name", "size", "format", "variety")
+# Cells up to this size are read (and rejected by the row rules when too long); Python's default of 128 KiB
+# raised an error that stopped the whole file. Larger than this, the file is refused as not a prompt CSV.
+FIELD_LIMIT = 16 * 1024 * 1024
+csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
+# Bidirectional embedding, override and isolate controls: they make a prompt display as other text than
+# it is (the "Trojan Source" trick). Zero-width spaces are dropped; joiners (U+200C/U+200D) are kept,
+# since emoji sequences and several scripts need them.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+ZERO_WIDTH = {ord(c): None for c in "\u200b\u2060\ufeff"}
+AUTO_ASSET = re.compile(r"row\d{6}")
 _BINARY_MAGIC = {b"PK\x03\x04": "a ZIP archive (an .xlsx workbook?)", b"\xd0\xcf\x11\xe0": "an old Excel .xls file",
                  b"\x89PNG": "a PNG image", b"%PDF": "a PDF document", b"\xff\xd8\xff": "a JPEG image"}
 
@@ -173,13 +184,16 @@ def validate_row(row_number: int, fields: dict[str, str], rules: RowRules, seen_
     """Turn one CSV row into a RowSpec or raise ValueError with the reason."""
     # Line breaks and tabs typed inside a cell (Alt+Enter in Excel) become spaces; other control characters
     # (NUL, escapes) are refused below.
-    prompt = re.sub(r"[ \t\r\n]+", " ", fields.get("prompt", "")).strip()
+    prompt = re.sub(r"[ \t\r\n]+", " ", fields.get("prompt", "").translate(ZERO_WIDTH)).strip()
     if not prompt:
         raise ValueError("prompt is empty")
     if len(prompt) > rules.max_prompt:
         raise ValueError(f"prompt is {len(prompt)} characters long; the limit is {rules.max_prompt}")
     if bad := _control_char(prompt):
         raise ValueError(f"prompt contains a control character ({bad}); remove it")
+    if (bidi := next((i for i, ch in enumerate(prompt) if ch in BIDI_CONTROLS), None)) is not None:
+        raise ValueError(f"prompt contains a bidirectional override (U+{ord(prompt[bidi]):04X} at character "
+                         f"{bidi + 1}), which makes it display as other text than it is; remove it")
     seed = _int_field(fields["seed"], "seed", 0, MAX_SEED) if fields.get("seed", "").strip() else None
     count = _int_field(fields["count"], "count", 1, rules.max_count) if fields.get("count", "").strip() else 1
 
@@ -192,6 +206,9 @@ def validate_row(row_number: int, fields: dict[str, str], rules: RowRules, seen_
         if _control_char(raw_asset):
             raise ValueError("asset_name contains a control character")
         asset = slugify(raw_asset.replace("/", "-").replace("\\", "-"))
+        if AUTO_ASSET.fullmatch(asset.lower()):
+            raise ValueError(f"asset_name '{asset}' has the form of an automatic name (rowNNNNNN, given to rows "
+                             "without a name); choose another")
         if not asset:
             raise ValueError(f"asset_name '{raw_asset[:60]}' has no usable characters (letters, digits, . _ -)")
     else:
@@ -239,7 +256,7 @@ class PromptCsv:
         seen_assets: dict[str, int] = {}
         with f:
             header: list[str] | None = None
-            for row_number, rec in enumerate(csv.reader(f, delimiter=stats.delimiter), start=1):
+            for row_number, rec, first_line, last_line, at_end in self._records(f, stats.delimiter):
                 if header is None:
                     if any(c.strip() for c in rec):
                         header = self._header(rec)
@@ -251,6 +268,10 @@ class PromptCsv:
                     continue
                 fields = {h: v for h, v in zip(header, rec, strict=False) if h}
                 try:
+                    if at_end and last_line > first_line and self._open_quote_from(first_line, stats):
+                        raise ValueError(f"a quote opened in this row (line {first_line}) is never closed, so "
+                                         f"lines {first_line}-{last_line} were read as one cell; close the quote "
+                                         "or remove it")
                     if len(rec) > len(header) and any(c.strip() for c in rec[len(header):]):
                         raise ValueError(f"row has {len(rec)} fields but the header has {len(header)}; check for "
                                          "an unquoted delimiter in a prompt")
@@ -265,6 +286,38 @@ class PromptCsv:
                 raise CsvError(f"{self.name} is empty: it needs a header row (prompt,seed,count,...) and rows below it")
         stats.check()
 
+    def _records(self, f: IO[str], delimiter: str) -> Iterator[tuple[int, list[str], int, int, bool]]:
+        """(row number, fields, first and last physical line, is it the last record) with one record of
+        look-ahead; a cell over `FIELD_LIMIT` is a whole-file error naming its row."""
+        reader = csv.reader(f, delimiter=delimiter)
+        pending: tuple[int, list[str], int, int] | None = None
+        line = 0
+        for n in itertools.count(1):
+            try:
+                rec = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                raise CsvError(f"{self.name}, row {n} (line {line + 1}): {e}; this is not a prompt CSV") from None
+            if pending is not None:
+                yield (*pending, False)
+            pending = (n, rec, line + 1, reader.line_num)
+            line = reader.line_num
+        if pending is not None:
+            yield (*pending, True)
+
+    def _open_quote_from(self, first_line: int, stats: ReadStats) -> bool:
+        """Does the text from ``first_line`` on end inside a quoted cell? (The lenient reader accepts that
+        silently and swallows the rest of the file into one cell; a strict one says so.)"""
+        with open(self.path, encoding=stats.encoding, newline="") as f:
+            tail = "".join(itertools.islice(f, first_line - 1, None))
+        try:
+            for _ in csv.reader(io.StringIO(tail), delimiter=stats.delimiter, strict=True):
+                pass
+        except csv.Error as e:
+            return "unexpected end of data" in str(e)
+        return False
+
     def _header(self, rec: list[str]) -> list[str]:
         header = [c.strip().lstrip("\ufeff").lower() for c in rec]
         dupes = sorted({c for c in header if c and header.count(c) > 1})
@@ -277,10 +330,14 @@ class PromptCsv:
         return header
 
 
+FORMULA_LEADS = ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20")  # ASCII and full-width
+
+
 def neutralise_cell(value: object) -> str:
-    """Defuse spreadsheet formulas (cells starting with = + - @ tab or CR) by prefixing a quote."""
+    """Defuse spreadsheet formulas by prefixing a quote: cells starting with = + - @ (or their full-width
+    forms, which spreadsheets also accept), tab or CR, also behind leading spaces (spreadsheets skip them)."""
     s = "" if value is None else str(value)
-    return "'" + s if s[:1] in ("=", "+", "-", "@", "\t", "\r") else s
+    return "'" + s if s[:1] in ("\t", "\r") or s.lstrip()[:1] in FORMULA_LEADS else s
 
 
 def write_safe_csv(rows: list[dict[str, object]], columns: list[str]) -> bytes:

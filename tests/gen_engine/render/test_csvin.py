@@ -131,3 +131,38 @@ def test_slug_and_cell_neutralisation() -> None:
         assert neutralise_cell(bad).startswith("'")
     out = write_safe_csv([{"prompt": "=cmd|' /C calc'!A0", "n": 1}], ["prompt", "n"]).decode("utf-8-sig")
     assert "'=cmd" in out
+
+
+# --- edges found in review (issue 19, item 9) -----------------------------------------------------------
+def test_a_field_over_128_kib_is_a_rejected_row_not_a_crash(tmp_path: Path) -> None:
+    acc, rej, _ = read(tmp_path, "prompt,asset_name\n" + '"' + "x" * 200_000 + '",big\na red circle,ok\n')
+    assert [a.asset for a in acc] == ["ok"] and "characters long" in rej[0].reason and rej[0].row_number == 2
+
+
+def test_an_unclosed_quote_is_rejected_at_the_row_where_it_opened(tmp_path: Path) -> None:
+    data = 'prompt,seed\na red circle,1\n"a blue star,2\na green heart,3\nmore,4\n'
+    acc, rej, _ = read(tmp_path, data)
+    assert [a.prompt for a in acc] == ["a red circle"]
+    assert len(rej) == 1 and rej[0].row_number == 3 and "never closed" in rej[0].reason
+    assert "line 3" in rej[0].reason
+    acc, rej, _ = read(tmp_path, 'prompt\n"two\nlines"\nlast\n')  # a closed multi-line cell is still fine
+    assert [a.prompt for a in acc] == ["two lines", "last"] and not rej
+
+
+@pytest.mark.parametrize("cell", [" =1+1", "\u3000=cmd", "＝HYPERLINK(\"x\")", "＋1", "－1", "＠SUM(A1)", "  @x"])
+def test_formulas_behind_spaces_or_in_full_width_are_defused(cell: str) -> None:
+    assert neutralise_cell(cell).startswith("'")
+
+
+def test_bidi_overrides_are_refused_and_zero_width_spaces_dropped(tmp_path: Path) -> None:
+    data = ("prompt,asset_name\nsale \u202eevil\u202c text,bidi\nred\u200b heart\ufeff,zw\n"
+            "family 👨\u200d👩\u200d👧,zwj\n")
+    acc, rej, _ = read(tmp_path, data)
+    assert [r.row_number for r in rej] == [2] and "bidirectional" in rej[0].reason
+    assert [a.prompt for a in acc] == ["red heart", "family 👨\u200d👩\u200d👧"]  # joiners of emoji are kept
+
+
+def test_automatic_asset_names_cannot_collide_with_user_names(tmp_path: Path) -> None:
+    acc, rej, _ = read(tmp_path, "prompt,asset_name\na red circle,Row000003\na blue square,\n")
+    assert [a.asset for a in acc] == ["row000003"] and acc[0].row_number == 3  # the unnamed row keeps its name
+    assert rej[0].row_number == 2 and "automatic" in rej[0].reason
