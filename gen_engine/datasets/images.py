@@ -7,14 +7,29 @@ pure function of an image's content hash, so the same image is held out wherever
 
 from __future__ import annotations
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
 
 VAL_PERCENT = 5
+HIGH_DEPTH = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # 16/32-bit greyscale and float
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """High-depth greyscale scaled to 8 bits (a plain convert clips everything above 255 to white)."""
+    a = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+    if img.mode == "F":
+        top = max(float(a.max(initial=1.0)), 1.0)
+    return Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
 
 
 def flatten(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """RGB; transparent pixels composited onto ``background`` (white: how stickers are shown)."""
-    if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
+    """RGB, upright (EXIF orientation applied), high-depth greyscale scaled to 8 bits; transparent pixels
+    composited onto ``background`` (white: how stickers are shown)."""
+    img = ImageOps.exif_transpose(img) or img
+    if img.mode in HIGH_DEPTH:
+        img = _to_8bit(img)
+    if img.mode in ("RGBA", "LA", "P", "PA", "La", "RGBa") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         bg = Image.new("RGB", rgba.size, background)
         bg.paste(rgba, mask=rgba.split()[-1])

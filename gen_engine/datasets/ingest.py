@@ -145,6 +145,9 @@ def check_image(data: bytes | None, cfg: CurationConfig) -> tuple[Image.Image, s
         raise ValueError(f"image format {img.format} is not accepted; use {', '.join(cfg.formats)}")
     if min(w, h) < cfg.min_side:
         raise ValueError(f"image is {w}x{h}; the smaller side must be at least {cfg.min_side} pixels")
+    if getattr(img, "n_frames", 1) > 1:
+        raise ValueError(f"image is animated ({img.n_frames} frames); give a still image (the first frame would "
+                         "be used without saying so)")
     try:
         img.load()  # full decode: truncated files fail here
     except Exception as e:

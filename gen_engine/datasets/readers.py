@@ -205,6 +205,9 @@ def _imagefolder(archive: Archive) -> Iterator[RawRecord | RawReject]:
         if name not in seen:
             for r in rs:
                 yield RawReject(f"{meta_name}:{r['line']}", f"metadata names '{name}', which is not in the drop")
+    for name in sorted(images - set(rows)):  # counted, not silently dropped (the original stays in the drop)
+        yield RawReject(name, f"image is not named in {posixpath.basename(meta_name)} (no row with this file_name); "
+                              "add a row with its caption, or leave it out of the drop")
 
 
 def _webdataset(archive: Archive) -> Iterator[RawRecord | RawReject]:
