@@ -70,7 +70,7 @@ def campaign_render():
 
         plan = get_current_context()["ti"].xcom_pull(task_ids="validate_and_plan")
         call(fail_campaign, plan["csv_key"] if plan else params["csv_key"],
-             "rendering failed; see the Airflow task logs of this run")
+             "rendering failed; see the Airflow task logs of this run", plan)
 
     plan = validate_and_plan()
     done = finalize(plan, render_shard.expand(ref=shard_refs(plan)))

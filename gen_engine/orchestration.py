@@ -253,6 +253,9 @@ def plan_campaign(res: Resources, params: dict[str, Any]) -> dict[str, Any]:
     except (CsvError, ValueError) as e:
         finish_campaign(res, csv_key, False, {"error": str(e), "stage": "validate"})
         raise CampaignFailed(str(e)) from None
+    # The run is on record from here on, so a run that fails while rendering shows as failed, not as nothing.
+    res.lineage.start_run(plan.run_id, plan.campaign, csv_key=plan.csv_key, csv_sha256=plan.csv_sha256,
+                          model_id=model["model_id"], backend=plan.backend)
     return {"plan_key": f"{plan.prefix}work/plan.json", "csv_key": csv_key, "campaign": plan.campaign,
             "run_id": plan.run_id, "shards": plan.shards, "stats": plan.stats}
 
@@ -287,8 +290,14 @@ def finalize_campaign(res: Resources, plan_key: str, results: list[dict[str, Any
     return {"prefix": summary["prefix"], "counts": summary["counts"]}
 
 
-def fail_campaign(res: Resources, csv_key: str, reason: str) -> str | None:
-    """Move the CSV to failed/ unless it was already moved (by the step that knew the reason)."""
+def fail_campaign(res: Resources, csv_key: str, reason: str, plan: dict[str, Any] | None = None) -> str | None:
+    """Move the CSV to failed/ unless it was already moved (by the step that knew the reason); a planned
+    run (``plan``: what `plan_campaign` returned) is marked failed in the lineage store with its counts."""
+    if plan and plan.get("run_id"):
+        st = plan.get("stats") or {}
+        counts = {k: st.get(k, 0) for k in ("rows_read", "rows_accepted", "rows_rejected", "rows_blank")}
+        res.lineage.finish_run(plan["run_id"], status="failed", counts={**counts, "images": 0},
+                               summary={"error": reason, "csv_key": plan.get("csv_key")})
     if not csv_key:
         return None  # a manual run with an empty form: there is no file to move
     try:

@@ -12,12 +12,15 @@ This module runs the three in one process: what `genengine render` does.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from gen_engine.render.finalize import finalize
 from gen_engine.render.plan import prepare
 from gen_engine.render.shard import RenderEnv, render_shard
 from gen_engine.resources import Resources
+
+log = logging.getLogger(__name__)
 
 
 def run_campaign(source: str, campaign: str, res: Resources, *, model_ref: str = "production",
@@ -30,5 +33,17 @@ def run_campaign(source: str, campaign: str, res: Resources, *, model_ref: str =
     model_dir, model = res.registry.resolve(model_ref)
     plan = prepare(source, campaign, settings, store, model_ref=model_ref, backend=backend, shard_size=shard_size)
     env = RenderEnv.from_settings(load_backend(backend, model_dir), model, shared_encoder(), settings)
-    results = [render_shard(plan, s["index"], settings, store, env, progress=progress) for s in plan.shards]
-    return finalize(plan, settings, store, res.lineage, model, env.backend.name, results)
+    res.lineage.start_run(plan.run_id, plan.campaign, csv_key=plan.csv_key, csv_sha256=plan.csv_sha256,
+                          model_id=model["model_id"], backend=env.backend.name)
+    try:
+        results = [render_shard(plan, s["index"], settings, store, env, progress=progress) for s in plan.shards]
+        return finalize(plan, settings, store, res.lineage, model, env.backend.name, results)
+    except BaseException as e:  # recorded as failed (a rerun resumes it and records success), then re-raised
+        st = plan.stats
+        try:
+            res.lineage.finish_run(plan.run_id, status="failed", counts={
+                **{k: st.get(k, 0) for k in ("rows_read", "rows_accepted", "rows_rejected", "rows_blank")},
+                "images": 0}, summary={"error": f"{type(e).__name__}: {e}"[:500], "csv_key": plan.csv_key})
+        except Exception:  # the database may be what failed: the original error is the one to see
+            log.warning("could not record run %s as failed in the lineage store", plan.run_id, exc_info=True)
+        raise

@@ -94,6 +94,24 @@ def test_the_render_dag_refuses_keys_outside_incoming_and_claimed(s3_settings, f
     assert {o.key for o in store.list("campaigns")} == before, "an object outside incoming/ or claimed/ was moved"
 
 
+def test_a_render_that_fails_in_the_dag_shows_as_a_failed_run(s3_settings, factory_env, production_model,
+                                                               monkeypatch) -> None:
+    import gen_engine.render.shard as shard_module
+    from gen_engine.errors import UserError
+
+    def boom(*_a, **_k):  # a user error: no retries, so the test does not wait out the retry delays
+        raise UserError("the shard cannot be rendered")
+
+    monkeypatch.setattr(shard_module, "render_shard", boom)
+    store = Storage.from_settings(s3_settings)
+    store.put_bytes("campaigns", "claimed/lost.x.csv", b"prompt,count\na lost circle,1\n")
+    run = get_dag("campaign_render").test(run_conf={"csv_key": "claimed/lost.x.csv", "campaign": "lost"})
+    assert states(run)["mark_failed"] == "success"
+    rows = resources(s3_settings).lineage.runs(campaign="lost")
+    assert rows and rows[0]["status"] == "failed" and rows[0]["rows_accepted"] == 1
+    assert store.exists("campaigns", "failed/lost.x.csv")
+
+
 def test_campaign_csv_keys() -> None:
     from gen_engine.errors import UserError
     from gen_engine.orchestration import campaign_csv_key

@@ -305,3 +305,21 @@ def test_non_latin_prompts_survive_csv_png_metadata_manifest_gallery_and_lineage
         assert storage.stat("renders", key).metadata["prompt"] == prompt  # S3 metadata is ASCII: encoded, decoded
         assert res.lineage.trace(key)["prompt"] == prompt
         assert prompt in man and html.escape(prompt) in page
+
+
+def test_a_run_that_fails_while_rendering_is_on_record_as_failed(
+        storage: Storage, s3_settings: Settings, model_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Campaigns page lists runs from the lineage store: a failed run must be there, marked failed."""
+    src = put_csv(storage, "doomed.csv", "prompt,count\na doomed circle,2\n")
+
+    def boom(*_a, **_k):
+        raise RuntimeError("the GPU fell off")
+
+    monkeypatch.setattr(camp, "render_shard", boom)
+    with pytest.raises(RuntimeError, match="fell off"):
+        camp.run_campaign(src, "doomed", resources(s3_settings), model_ref=model_id, progress=False)
+    run = next(r for r in resources(s3_settings).lineage.runs(campaign="doomed"))
+    assert run["status"] == "failed" and run["rows_accepted"] == 1 and "fell off" in run["summary_json"]
+    monkeypatch.undo()
+    summary = camp.run_campaign(src, "doomed", resources(s3_settings), model_ref=model_id, progress=False)
+    assert resources(s3_settings).lineage.run(summary["run_id"])["status"] == "success"
