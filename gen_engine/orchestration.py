@@ -294,10 +294,7 @@ def fail_campaign(res: Resources, csv_key: str, reason: str, plan: dict[str, Any
     """Move the CSV to failed/ unless it was already moved (by the step that knew the reason); a planned
     run (``plan``: what `plan_campaign` returned) is marked failed in the lineage store with its counts."""
     if plan and plan.get("run_id"):
-        st = plan.get("stats") or {}
-        counts = {k: st.get(k, 0) for k in ("rows_read", "rows_accepted", "rows_rejected", "rows_blank")}
-        res.lineage.finish_run(plan["run_id"], status="failed", counts={**counts, "images": 0},
-                               summary={"error": reason, "csv_key": plan.get("csv_key")})
+        res.lineage.fail_run(plan["run_id"], plan.get("stats") or {}, reason, plan.get("csv_key"))
     if not csv_key:
         return None  # a manual run with an empty form: there is no file to move
     try:

@@ -12,6 +12,8 @@ only S3 never opens the database, and one that reads a local folder needs neithe
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from gen_engine.config import Settings, get_settings
 from gen_engine.infra.lineage import LineageStore
@@ -28,30 +30,25 @@ class Resources:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._lock = threading.RLock()
-        self._storage: Storage | None = None
-        self._lineage: LineageStore | None = None
-        self._registry: ModelRegistry | None = None
+        self._built: dict[str, Any] = {}
+
+    def _once(self, name: str, build: Callable[[], Any]) -> Any:
+        with self._lock:
+            if name not in self._built:
+                self._built[name] = build()
+            return self._built[name]
 
     @property
     def storage(self) -> Storage:
-        with self._lock:
-            if self._storage is None:
-                self._storage = Storage.from_settings(self.settings)
-            return self._storage
+        return self._once("storage", lambda: Storage.from_settings(self.settings))
 
     @property
     def lineage(self) -> LineageStore:
-        with self._lock:
-            if self._lineage is None:
-                self._lineage = LineageStore.from_settings(self.settings)
-            return self._lineage
+        return self._once("lineage", lambda: LineageStore.from_settings(self.settings))
 
     @property
     def registry(self) -> ModelRegistry:
-        with self._lock:
-            if self._registry is None:
-                self._registry = ModelRegistry(self)
-            return self._registry
+        return self._once("registry", lambda: ModelRegistry(self))
 
 
 def resources(settings: Settings | None = None) -> Resources:

@@ -125,7 +125,10 @@ class TrainData:
             idx.extend(perm[off : off + batch_size - len(idx)].tolist())
         return torch.tensor(idx)
 
-    def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images in [-1, 1] and caption embeddings of batch ``step`` (see `indices`)."""
-        ix = self.indices(step, batch_size, seed)
+    def rows(self, ix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images in [-1, 1] and caption embeddings of rows ``ix``."""
         return self.images[ix].float() / 127.5 - 1.0, self.text[ix]
+
+    def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``step`` (see `indices`) as `rows`."""
+        return self.rows(self.indices(step, batch_size, seed))

@@ -213,6 +213,12 @@ class LineageStore:
             ), {"status": status, "t": utcnow(), "s": _dumps(summary), "run_id": run_id,
                 **{k: int(counts.get(k, 0)) for k in cols}})
 
+    def fail_run(self, run_id: str, stats: Mapping[str, Any], error: str, csv_key: str | None) -> None:
+        """Mark a planned run failed, with the plan's row counts (no images) and the reason."""
+        counts = {k: int(stats.get(k, 0)) for k in ("rows_read", "rows_accepted", "rows_rejected", "rows_blank")}
+        self.finish_run(run_id, status="failed", counts={**counts, "images": 0},
+                        summary={"error": error[:500], "csv_key": csv_key})
+
     def run(self, run_id: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM render_runs WHERE run_id = :r", r=run_id)
 

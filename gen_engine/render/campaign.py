@@ -39,11 +39,8 @@ def run_campaign(source: str, campaign: str, res: Resources, *, model_ref: str =
         results = [render_shard(plan, s["index"], settings, store, env, progress=progress) for s in plan.shards]
         return finalize(plan, settings, store, res.lineage, model, env.backend.name, results)
     except BaseException as e:  # recorded as failed (a rerun resumes it and records success), then re-raised
-        st = plan.stats
         try:
-            res.lineage.finish_run(plan.run_id, status="failed", counts={
-                **{k: st.get(k, 0) for k in ("rows_read", "rows_accepted", "rows_rejected", "rows_blank")},
-                "images": 0}, summary={"error": f"{type(e).__name__}: {e}"[:500], "csv_key": plan.csv_key})
+            res.lineage.fail_run(plan.run_id, plan.stats, f"{type(e).__name__}: {e}", plan.csv_key)
         except Exception:  # the database may be what failed: the original error is the one to see
             log.warning("could not record run %s as failed in the lineage store", plan.run_id, exc_info=True)
         raise

@@ -140,7 +140,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         cfg, dev = self.cfg, self.device
         idx = self.data.indices(self.step, cfg.batch_size, cfg.seed)
-        real, text = self.data.images[idx].float() / 127.5 - 1.0, self.data.text[idx]
+        real, text = self.data.rows(idx)
         if self.recolour is not None:
             real, text = self.recolour.apply(real, text, idx, cfg.recolour,
                                              torch.Generator().manual_seed(cfg.seed * 7_919 + self.step))
