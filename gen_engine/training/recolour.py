@@ -9,15 +9,19 @@ are decorrelated, and the colour word becomes the only cue for the hue.
 
 The hue of an artwork is the circular mean of its chromatic pixels' hues (saturation >= 0.25,
 value >= 0.25, not near white), used only when those pixels are at least a quarter of the foreground
-and agree (mean resultant length >= 0.8). Target hues are the colours' centres in HSV; brown,
-black, grey and white are not targets (a hue rotation cannot make them).
+and agree (mean resultant length >= 0.8). Chromatic targets are the colours' hue centres in HSV, with
+saturation and value kept. Brown, black and grey are made by also scaling saturation and darkening
+each pixel in proportion to its saturation (`Target`): white background, highlights and dark outlines
+(low saturation) stay as they are, the coloured body turns dark orange, black or grey. These are the
+colours the evaluation's colour judge names (`evaluation.colour.pixel_names`); white is not a target
+(a white object on a white background is its outline alone).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -25,7 +29,24 @@ import torch
 from gen_engine.datasets.starter import COLOURS, caption_colour
 
 log = logging.getLogger(__name__)
-TARGETS = {"red": 0.0, "orange": 28.0, "yellow": 55.0, "green": 120.0, "blue": 220.0, "purple": 275.0, "pink": 320.0}
+
+
+@dataclass(frozen=True)
+class Target:
+    """How to make one colour from an artwork of one hue: its hue (degrees), a saturation multiplier, and
+    how much a fully saturated pixel is darkened (value x (1 - darken), less for less saturated pixels)."""
+
+    hue: float
+    saturation: float = 1.0
+    darken: float = 0.0
+
+
+TARGETS = {"red": Target(0.0), "orange": Target(28.0), "yellow": Target(55.0), "green": Target(120.0),
+           "blue": Target(220.0), "purple": Target(275.0), "pink": Target(320.0),
+           # dark, muted orange; near-black; mid grey (see `evaluation.colour.pixel_names` for the bands)
+           "brown": Target(25.0, 0.75, 0.45), "black": Target(0.0, 0.0, 0.85), "grey": Target(0.0, 0.0, 0.35)}
+# Per-target parameters as tensors, in TARGETS order: columns hue, saturation, darken.
+_TABLE = torch.tensor([[getattr(t, f.name) for f in fields(Target)] for t in TARGETS.values()])
 TEMPLATES = ("{colour} {name}", "a sticker of {colour} {name}", "an icon of {colour} {name}")
 
 
@@ -51,6 +72,14 @@ def image_hue(img: np.ndarray) -> float | None:
 
 def hue_rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     """Rotate the HSV hue of (B, 3, H, W) images in [-1, 1] by ``degrees`` (B,); saturation and value kept."""
+    return recolour_hsv(x, degrees, torch.ones_like(degrees), torch.zeros_like(degrees))
+
+
+def recolour_hsv(x: torch.Tensor, degrees: torch.Tensor, saturation: torch.Tensor,
+                 darken: torch.Tensor) -> torch.Tensor:
+    """Per image (all (B,)): hue rotated by ``degrees``, saturation scaled by ``saturation``, value scaled
+    by ``1 - darken * w`` where w = min(1, 2 x saturation): pixels without colour (white, grey, black
+    outlines) keep their value, coloured ones darken fully from saturation 0.5 up."""
     rgb = (x + 1) / 2
     mx, _ = rgb.max(1)
     mn, _ = rgb.min(1)
@@ -60,7 +89,8 @@ def hue_rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     h = torch.where(mx == r, ((g - b) / safe) % 6, torch.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4))
     h = (h + degrees.view(-1, 1, 1) / 60.0) % 6
     s = torch.where(mx > 0, c / mx.clamp(min=1e-6), torch.zeros_like(mx))
-    v = mx
+    v = mx * (1 - darken.view(-1, 1, 1) * (2 * s).clamp(max=1))
+    s = s * saturation.view(-1, 1, 1)
 
     def channel(n: float) -> torch.Tensor:
         k = (n + h) % 6
@@ -130,10 +160,9 @@ class RecolourTable:
         sel = (coin < p) & (slots >= 0)
         if not bool(sel.any()):
             return real, text
-        targets = torch.tensor(list(TARGETS.values()))[pick[sel]]
-        delta = targets - self.hue[idx][sel]
+        hue, saturation, darken = _TABLE[pick[sel]].unbind(1)
         real, text = real.clone(), text.clone()
-        real[sel] = hue_rotate(real[sel], delta)
+        real[sel] = recolour_hsv(real[sel], hue - self.hue[idx][sel], saturation, darken)
         text[sel] = self.emb[slots[sel], pick[sel]].to(text.dtype)
         return real, text
 

@@ -7,7 +7,7 @@ import torch
 
 from gen_engine.datasets.curated import TrainData
 from gen_engine.evaluation.colour import dominant_colour
-from gen_engine.training.recolour import TARGETS, RecolourTable, hue_rotate, image_hue, recoloured_name
+from gen_engine.training.recolour import TARGETS, RecolourTable, hue_rotate, image_hue, recolour_hsv, recoloured_name
 
 
 def _disc(rgb: tuple[int, int, int], size: int = 32) -> np.ndarray:
@@ -27,13 +27,32 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def test_hue_rotation_moves_the_colour_and_keeps_white_and_grey() -> None:
     red = _to_tensor(_disc((220, 30, 30)))
-    for colour, hue in TARGETS.items():
-        out = _to_uint8(hue_rotate(red, torch.tensor([hue - image_hue(_disc((220, 30, 30)))])))
+    for colour, target in TARGETS.items():
+        if target.saturation != 1 or target.darken:
+            continue
+        out = _to_uint8(hue_rotate(red, torch.tensor([target.hue - image_hue(_disc((220, 30, 30)))])))
         assert dominant_colour(out) == colour, colour
         assert (out[0, 0] == 255).all()  # the white background stays white
     grey = _to_tensor(np.full((8, 8, 3), 128, np.uint8))
     assert torch.allclose(hue_rotate(grey, torch.tensor([90.0])), grey, atol=1e-6)
     assert torch.allclose(hue_rotate(red, torch.tensor([360.0])), red, atol=1e-5)
+
+
+def test_every_target_colour_is_made_from_any_hue_and_outlines_and_background_are_kept() -> None:
+    """Brown, black and grey too: the judge names each recoloured disc by its target (from saturated
+    sources; light ones become light colours, so only the made colours are checked on them), the white
+    background stays white and a black outline stays black."""
+    for rgb in ((220, 30, 30), (30, 60, 230), (250, 220, 60), (120, 200, 255)):
+        img = _disc(rgb)
+        img[16, :3] = (20, 20, 20)  # an outline pixel on the left edge
+        src, hue = _to_tensor(img), image_hue(img)
+        for colour, t in TARGETS.items():
+            if rgb == (120, 200, 255) and t.saturation == 1:
+                continue  # light blue turned red is pink, rightly
+            out = _to_uint8(recolour_hsv(src, torch.tensor([t.hue - hue]), torch.tensor([t.saturation]),
+                                         torch.tensor([t.darken])))
+            assert dominant_colour(out) == colour, (rgb, colour)
+            assert (out[0, 0] == 255).all() and (np.abs(out[16, 1].astype(int) - 20) <= 1).all()
 
 
 def test_only_artworks_with_one_chromatic_hue_qualify() -> None:
@@ -53,7 +72,7 @@ def test_recoloured_names_replace_the_colour_word_or_lead_with_it() -> None:
 
 class _Encoder:
     def encode(self, texts: list[str], cache: bool = False) -> np.ndarray:
-        out = np.zeros((len(texts), 8), np.float32)
+        out = np.zeros((len(texts), 16), np.float32)
         for i, t in enumerate(texts):
             out[i, list(TARGETS).index(next(c for c in TARGETS if c in t.split()))] = 1.0
         return out
@@ -61,7 +80,7 @@ class _Encoder:
 
 def test_a_recoloured_batch_carries_the_new_colours_caption_and_is_a_function_of_the_step() -> None:
     imgs = np.stack([_disc((220, 30, 30)), _disc((40, 40, 40))])
-    data = TrainData(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), torch.zeros(2, 8),
+    data = TrainData(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), torch.zeros(2, 16),
                      ["red circle", "black circle"], "t")
     data.meta = {"name": ["red circle", "black circle"]}
     table = RecolourTable.build(data, _Encoder())
