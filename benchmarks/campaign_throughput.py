@@ -60,11 +60,11 @@ def child_pure(model_dir: str, n_images: str, backend: str) -> dict:
 
 
 def child_campaign(csv_path: str, campaign: str, model_dir: str, backend: str) -> dict:
-    from gen_engine.render.campaign import run_campaign
+    from gen_engine.orchestration import run_campaign
     from gen_engine.resources import resources
 
     t0 = time.perf_counter()
-    summary = run_campaign(csv_path, campaign, resources(), model_ref=model_dir, backend=backend, progress=False)
+    summary = run_campaign(resources(), csv_path, campaign, model=model_dir, backend=backend, progress=False)
     wall = time.perf_counter() - t0
     return {"images": summary["counts"]["images"], "wall_s": wall, "images_per_s": summary["counts"]["images"] / wall,
             "timings_s": summary["timings_s"], "peak_rss_mb": peak_rss_mb(), "backend": summary["backend"]}

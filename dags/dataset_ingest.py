@@ -3,7 +3,7 @@
 Every 10 minutes (`GEN_INGEST_SCHEDULE` to change): find new drops in `s3://datasets/raw/<dataset>/`,
 ingest each one (mapped): records are checked, bad ones quarantined with their reason and bytes, the
 Great Expectations suites run, and a versioned curated dataset is published to
-`s3://datasets/curated/<dataset>/v<N>/` (re-ingesting identical content is a no-op). The drop then moves
+`s3://datasets/curated/<dataset>/<version id>/` (re-ingesting identical content is a no-op). The drop then moves
 to `done/` (or `failed/` with its report), and the curated dataset's Asset is updated, which wakes
 **generator_retrain**.
 """

@@ -59,7 +59,8 @@ def generator_retrain():
 
         promote, reason = decide_gate(metrics["challenger"], metrics["champion"], factory_settings())
         print(reason)
-        return metrics["challenger"] if promote else False
+        champion = (metrics["champion"] or {}).get("model_id")  # promote re-checks it is still the champion
+        return {**metrics["challenger"], "gated_against": champion} if promote else False
 
     @task(outlets=[PRODUCTION_MODEL])
     def promote(challenger: dict) -> dict:
@@ -67,7 +68,9 @@ def generator_retrain():
 
         from gen_engine.orchestration import promote as do_promote
 
-        return call(do_promote, challenger["model_id"])
+        result = call(do_promote, challenger["model_id"], challenger["gated_against"])
+        print(result["reason"])
+        return result
 
     promote(gate(evaluate(train(decide()))))
 

@@ -103,8 +103,13 @@ def bootstrap(res: Resources, model_name: str = "generator", compile_it: bool = 
     if compile_it:
         from gen_engine.orchestration import promote
 
-        out["engines"] = promote(res, row["model_id"], model_name)["engines"]
+        done = promote(res, row["model_id"], None, model_name)
+        out["engines"], won = done["engines"], done["promoted"]
     else:
-        lineage.set_alias(model_name, "production", row["model_id"])
+        won = lineage.set_alias(model_name, "production", row["model_id"], expect=None)
+    if not won:  # a concurrent bootstrap (or a first retrain) set production first
+        prod = lineage.resolve_alias(model_name, "production") or {}
+        out.update(bootstrapped=False, model_id=prod.get("model_id"), version=prod.get("version"),
+                   reason=f"production was set to {prod.get('model_id')} by another process meanwhile")
     log.info("bootstrap: %s", out["reason"])
     return out

@@ -164,7 +164,7 @@ def dataset_starter(
 @friendly
 def dataset_ingest(
     source: str = typer.Argument(..., help="A zip, tar or folder, local or s3://bucket/key."),
-    name: str = typer.Option(..., help="Dataset name (curated versions go to s3://datasets/curated/<name>/v<N>/)."),
+    name: str = typer.Option(..., help="Dataset name (versions go to s3://datasets/curated/<name>/<version id>/)."),
     size: int = typer.Option(get_settings().ingest_image_size, help="Side of the stored training images "
                                                                     "(GEN_INGEST_IMAGE_SIZE)."),
 ) -> None:
@@ -358,23 +358,27 @@ def compile_cmd(model: str = typer.Option("production", help="Alias or model id 
 @friendly
 def render(
     source: str = typer.Argument(..., help="Prompt CSV: a local file or s3://bucket/key."),
-    campaign: str = typer.Option(..., help="Campaign name (becomes part of every object key)."),
+    campaign: str | None = typer.Option(None, help="Campaign name (part of every object key; default: the "
+                                                    "CSV's file name)."),
     backend: str = typer.Option("auto", help="auto | torch | onnxruntime | tensorrt"),
     shard_size: int = typer.Option(get_settings().render_shard_size, min=1,
                                    help="Images per shard (GEN_RENDER_SHARD_SIZE)."),
     model: str = typer.Option("production", help="Alias, model id, or a local model folder."),
 ) -> None:
-    """Render a prompt CSV into s3://renders/<campaign>/<run>/ (the same code path as the DAG)."""
-    from gen_engine.render.campaign import run_campaign
+    """Render a prompt CSV into s3://renders/<campaign>/<run>/: the campaign_render DAG's steps in one
+    process (a CSV in incoming/ is claimed and filed; any other source is read where it is)."""
+    from gen_engine.orchestration import run_campaign
 
     res = resources()
-    summary = run_campaign(source, campaign, res, model_ref=model, backend=backend, shard_size=shard_size)
+    summary = run_campaign(res, source, campaign, model=model, backend=backend, shard_size=shard_size)
     c = summary["counts"]
     console.print(f"{c['rows_read']} rows read = {c['rows_accepted']} accepted + {c['rows_rejected']} rejected + "
                   f"{c['rows_blank']} blank; {c['images']} images "
                   f"({summary['images_rendered_now']} rendered now, {summary['throughput_images_per_s']:.1f} img/s)")
     console.print(f"outputs: s3://{res.settings.bucket_renders}/{summary['prefix']} (index.html, manifest.csv, "
                   "rejected.csv, contact_sheet.png)")
+    for line in summary["skipped"]:
+        console.print(f"skipped: {line}")
 
 
 @app.command("lineage")

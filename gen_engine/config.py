@@ -86,6 +86,8 @@ class Settings(BaseSettings):
                                                      "retrain evaluates challenger and champion.")
 
     # --- dataset ingest (dataset_ingest DAG, `genengine dataset ingest`; see datasets.ingest.CurationConfig) ---
+    claim_lease_s: float = Field(300.0, gt=0, description="How long a claim marker (a CSV being moved to "
+                                 "claimed/) holds before a later claimer may take it over from a killed worker.")
     ingest_schedule: str = Field("*/10 * * * *", description="Cron schedule of the dataset_ingest DAG.")
     ingest_image_size: int = Field(64, ge=8, description="Side of the stored training images (px): the largest "
                                                         "training resolution.")
@@ -98,6 +100,13 @@ class Settings(BaseSettings):
     ingest_min_records: int = Field(1, ge=1, description="A drop with fewer accepted records is rejected.")
     ingest_max_rejected_fraction: float = Field(0.2, ge=0, le=1, description="A drop rejecting more is rejected.")
     ingest_shard_records: int = Field(1000, ge=1, description="Records per curated parquet shard (~1 MB at 64 px).")
+    ingest_max_metadata_bytes: int = Field(256 * 1024 * 1024, ge=1, description="Largest metadata.jsonl / "
+                                           "metadata.csv of a drop (bytes; it is held in memory).")
+    ingest_max_archive_bytes: int = Field(64 * 1024**3, ge=1, description="A drop whose members add up to more "
+                                          "(uncompressed bytes) is refused as a whole: archive bombs.")
+    ingest_max_members: int = Field(2_000_000, ge=1, description="A drop with more archive members is refused.")
+    ingest_max_compression_ratio: float = Field(200.0, ge=1, description="A zip member (over 1 MiB) or a "
+                                                "compressed tar expanding more than this is refused: bombs.")
 
     # --- rendering ----------------------------------------------------------------------------------
     render_shard_size: int = Field(2048, ge=1, description="Images per render shard (one mapped Airflow task).")

@@ -22,3 +22,16 @@ class UserError(GenEngineError, ValueError):
 
 class TransientError(GenEngineError, RuntimeError):
     """A fault that may pass on its own (network, a service starting): worth retrying."""
+
+
+# Errors of libraries beneath the factory that mean "a server did not answer" (by class name, so this
+# module imports nothing): SQLAlchemy's connection-level errors, and the builtins for sockets and time-outs.
+_TRANSIENT_NAMES = {"OperationalError", "InterfaceError", "DisconnectionError", "TimeoutError"}
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether retrying may help: a `TransientError`, a connection or time-out error, or SQLAlchemy's
+    OperationalError / InterfaceError (the lineage database not answering)."""
+    if isinstance(err, TransientError | ConnectionError | TimeoutError):
+        return True
+    return any(c.__name__ in _TRANSIENT_NAMES and c.__module__.startswith("sqlalchemy") for c in type(err).__mro__)

@@ -9,15 +9,18 @@ task turns into a failure without retries.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 from gen_engine.config import Settings
-from gen_engine.errors import UserError
+from gen_engine.errors import UserError, is_transient
 from gen_engine.infra.storage import ObjectNotFound
 from gen_engine.naming import slugify
 from gen_engine.resources import Resources
@@ -30,7 +33,9 @@ DROP_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 def claim_incoming(res: Resources) -> list[dict[str, str]]:
     """Claim every CSV in ``campaigns/incoming/`` by moving it to ``claimed/`` (exactly once, even when
     watchers overlap). The claimed name carries the content's ETag, so a second drop of the same file
-    name while the first is in flight never overwrites it."""
+    name while the first is in flight never overwrites it, and the move is of exactly the listed content
+    (a newer upload stays in incoming/ for the next round). A claim left by a killed worker expires after
+    ``claim_lease_s`` and is taken over (`Storage.claim`)."""
     store, bucket, claims = res.storage, res.settings.bucket_campaigns, []
     for obj in store.list(bucket, "incoming/"):
         name = obj.key.removeprefix("incoming/")
@@ -38,7 +43,7 @@ def claim_incoming(res: Resources) -> list[dict[str, str]]:
             continue
         campaign = slugify(Path(name).stem) or "campaign"
         claimed = f"claimed/{campaign}.{obj.etag[:12]}.csv"
-        if store.claim(bucket, obj.key, claimed):
+        if store.claim(bucket, obj.key, claimed, etag=obj.etag, lease_s=res.settings.claim_lease_s):
             log.info("claimed s3://%s/%s as %s (campaign %s)", bucket, obj.key, claimed, campaign)
             claims.append({"csv_key": claimed, "campaign": campaign, "source": obj.key})
     return claims
@@ -202,12 +207,22 @@ def compile_and_register(res: Resources, model_dir: Path, row: dict[str, Any]) -
     return report, res.registry.publish_compiled(model_dir, row, report, text_file)
 
 
-def promote(res: Resources, challenger_id: str, model_name: str = "generator") -> dict[str, Any]:
-    """Compile the challenger (ONNX, TensorRT where present), register engines, move `production` to it."""
+def promote(res: Resources, challenger_id: str, champion_id: str | None,
+            model_name: str = "generator") -> dict[str, Any]:
+    """Compile the challenger (ONNX, TensorRT where present), register engines, move `production` to it,
+    but only from the champion it was gated against (``champion_id``; None: there was none). If another
+    run moved `production` meanwhile, the challenger is not promoted (``promoted`` False, with the
+    reason): the next retrain gates against the new champion, nothing is overwritten unseen."""
     model_dir, row = res.registry.resolve(challenger_id)
     report, engines = compile_and_register(res, model_dir, row)
-    res.lineage.set_alias(model_name, "production", challenger_id)
-    return {"model_id": challenger_id, "engines": engines, "parity": report["onnx"]["parity"]}
+    out = {"model_id": challenger_id, "engines": engines, "parity": report["onnx"]["parity"]}
+    if res.lineage.set_alias(model_name, "production", challenger_id, expect=champion_id):
+        return {**out, "promoted": True, "reason": f"production moved from {champion_id} to {challenger_id}"}
+    now = res.lineage.resolve_alias(model_name, "production")
+    reason = (f"not promoted: production is now {now['model_id'] if now else 'unset'}, not {champion_id}, the "
+              f"champion {challenger_id} was gated against (another run promoted meanwhile)")
+    log.warning("%s", reason)
+    return {**out, "promoted": False, "reason": reason}
 
 
 # --- campaign rendering, step by step (the campaign_render DAG) ------------------------------------------
@@ -229,35 +244,58 @@ def campaign_csv_key(raw: str, bucket: str) -> str:
 
 
 def plan_campaign(res: Resources, params: dict[str, Any]) -> dict[str, Any]:
-    """Claim (if still in incoming/), pin the model, validate and plan. Small JSON for XCom."""
-    from gen_engine.render.campaign import prepare
+    """Claim (if still in incoming/), pin the model, validate and plan. Small JSON for XCom.
+
+    ``params``: ``csv_key`` (in the campaigns bucket: the DAG, which files it under processed/ or failed/
+    at the end), or ``source`` (the CLI: a local file or any s3:// URI; one under the campaigns bucket's
+    incoming/ is claimed and filed as the DAG does, any other is rendered where it is and never moved:
+    ``filed`` False), plus ``campaign``, ``model``, ``backend``, ``shard_size``. The run is on record
+    (lineage) from here on."""
     from gen_engine.render.csvin import CsvError
+    from gen_engine.render.plan import prepare
 
     settings, store = res.settings, res.storage
     bucket = settings.bucket_campaigns
-    if not params.get("csv_key"):
-        raise UserError("params.csv_key is empty: give the CSV's key in the campaigns bucket")
-    csv_key = campaign_csv_key(params["csv_key"], bucket)
-    campaign = params.get("campaign") or slugify(Path(csv_key).stem.split(".")[0])
-    if csv_key.startswith("incoming/"):
+    source = params.get("source") or ""
+    key = source.removeprefix(f"s3://{bucket}/") if source.startswith(f"s3://{bucket}/") else None
+    if source and key is not None:
+        try:
+            key = campaign_csv_key(key, bucket)
+        except UserError:
+            key = None
+        if key is not None and not key.startswith("incoming/"):
+            key = None  # claimed/ (a watcher or an earlier run holds it), processed/...: read, never moved
+    filed = not source or key is not None
+    if filed:
+        if not (key or params.get("csv_key")):
+            raise UserError("params.csv_key is empty: give the CSV's key in the campaigns bucket")
+        csv_key = campaign_csv_key(key or params["csv_key"], bucket)
+        name = Path(csv_key).stem.split(".")[0]
+    else:
+        csv_key, name = source, Path(source.rsplit("/", 1)[-1]).stem
+    campaign = params.get("campaign") or slugify(name)
+    if filed and csv_key.startswith("incoming/"):
         etag = store.stat(bucket, csv_key).etag
         claimed = f"claimed/{slugify(Path(csv_key).stem) or 'campaign'}.{etag[:12]}.csv"
-        if not store.claim(bucket, csv_key, claimed):
+        if not store.claim(bucket, csv_key, claimed, etag=etag, lease_s=settings.claim_lease_s):
             raise CampaignFailed(f"{csv_key} was claimed by another run")
         csv_key = claimed
-    _, model = res.registry.resolve(params.get("model") or "production")
+    ref = params.get("model") or "production"
+    _, model = res.registry.resolve(ref)
+    pinned = ref if Path(ref).is_dir() else model["model_id"]  # an alias is pinned to what it names now
     try:
-        plan = prepare(f"s3://{bucket}/{csv_key}", campaign, settings, store, model_ref=model["model_id"],
-                       backend=params.get("backend") or "auto",
+        plan = prepare(f"s3://{bucket}/{csv_key}" if filed else csv_key, campaign, settings, store,
+                       model_ref=pinned, model_id=model["model_id"], backend=params.get("backend") or "auto",
                        shard_size=int(params.get("shard_size") or settings.render_shard_size))
     except (CsvError, ValueError) as e:
-        finish_campaign(res, csv_key, False, {"error": str(e), "stage": "validate"})
+        if filed:
+            finish_campaign(res, csv_key, False, {"error": str(e), "stage": "validate"})
         raise CampaignFailed(str(e)) from None
     # The run is on record from here on, so a run that fails while rendering shows as failed, not as nothing.
     res.lineage.start_run(plan.run_id, plan.campaign, csv_key=plan.csv_key, csv_sha256=plan.csv_sha256,
                           model_id=model["model_id"], backend=plan.backend)
     return {"plan_key": f"{plan.prefix}work/plan.json", "csv_key": csv_key, "campaign": plan.campaign,
-            "run_id": plan.run_id, "shards": plan.shards, "stats": plan.stats}
+            "run_id": plan.run_id, "shards": plan.shards, "stats": plan.stats, "filed": filed}
 
 
 def _load_plan(res: Resources, plan_key: str) -> Any:
@@ -266,18 +304,28 @@ def _load_plan(res: Resources, plan_key: str) -> Any:
     return Plan.from_json(json.loads(res.storage.get_bytes(res.settings.bucket_renders, plan_key)))
 
 
-def render_planned_shard(res: Resources, plan_key: str, index: int) -> dict[str, Any]:
-    from gen_engine.render.shard import RenderEnv, render_shard
+@functools.lru_cache(maxsize=4)
+def _render_env(res: Resources, model_ref: str, backend: str, _thread: int) -> Any:
+    """The loaded backend and caption encoder for a plan: once per process (every shard of a CLI run,
+    the shards an Airflow worker process renders)."""
+    from gen_engine.render.shard import RenderEnv
     from gen_engine.runtime import load_backend
     from gen_engine.text import shared_encoder
 
+    model_dir, model = res.registry.resolve(model_ref)
+    return RenderEnv.from_settings(load_backend(backend, model_dir), model, shared_encoder(), res.settings)
+
+
+def render_planned_shard(res: Resources, plan_key: str, index: int, progress: bool = False) -> dict[str, Any]:
+    from gen_engine.render.shard import render_shard
+
     plan = _load_plan(res, plan_key)
-    model_dir, model = res.registry.resolve(plan.model_ref)
-    env = RenderEnv.from_settings(load_backend(plan.backend, model_dir), model, shared_encoder(), res.settings)
-    return render_shard(plan, index, res.settings, res.storage, env)
+    env = _render_env(res, plan.model_ref, plan.backend, threading.get_ident())  # backends are per thread
+    return render_shard(plan, index, res.settings, res.storage, env, progress=progress)
 
 
-def finalize_campaign(res: Resources, plan_key: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+def _finalize(res: Resources, plan_key: str, results: list[dict[str, Any]], file: bool = True) -> dict[str, Any]:
+    """Manifests, gallery and lineage, then (``file``) the claimed CSV filed under processed/."""
     from gen_engine.render.finalize import finalize
 
     settings = res.settings
@@ -285,9 +333,44 @@ def finalize_campaign(res: Resources, plan_key: str, results: list[dict[str, Any
     _, model = res.registry.resolve(plan.model_ref)
     backend = next((r.get("backend") for r in results if r.get("backend")), plan.backend)
     summary = finalize(plan, settings, res.storage, res.lineage, model, backend, results)
-    finish_campaign(res, plan.csv_key.removeprefix(f"{settings.bucket_campaigns}/"), True,
-                    {"summary": f"s3://{settings.bucket_renders}/{plan.prefix}summary.json", **summary["counts"]})
+    if file and plan.csv_key.startswith(f"{settings.bucket_campaigns}/claimed/"):
+        finish_campaign(res, plan.csv_key.removeprefix(f"{settings.bucket_campaigns}/"), True,
+                        {"summary": f"s3://{settings.bucket_renders}/{plan.prefix}summary.json", **summary["counts"]})
+    return summary
+
+
+def finalize_campaign(res: Resources, plan_key: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+    summary = _finalize(res, plan_key, results)
     return {"prefix": summary["prefix"], "counts": summary["counts"]}
+
+
+CAMPAIGN_STEPS = ("claim", "validate and plan", "render shards", "finalize", "file")
+
+
+def run_campaign(res: Resources, source: str, campaign: str | None = None, *, model: str = "production",
+                 backend: str = "auto", shard_size: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """A whole campaign in one process (`genengine render`): the steps the campaign_render DAG runs as
+    tasks, in its order (`CAMPAIGN_STEPS`), through the same functions: `plan_campaign` (claim,
+    validate and plan), `render_planned_shard` per shard, `_finalize` (manifests, gallery, lineage,
+    filing), and `fail_campaign` on failure. The summary's ``skipped`` names the steps a source outside
+    the campaigns bucket's incoming/ or claimed/ skips, and why."""
+    plan = plan_campaign(res, {"source": source, "campaign": campaign, "model": model, "backend": backend,
+                               "shard_size": shard_size})
+    skipped = [] if plan["filed"] else [
+        f"claim and filing (to processed/ or failed/): {source} is not a CSV waiting in "
+        f"s3://{res.settings.bucket_campaigns}/incoming/ (a claimed/ file belongs to the run that claimed it), so "
+        "it is rendered where it is and never moved"]
+    for line in skipped:
+        log.info("skipped: %s", line)
+    try:
+        results = [render_planned_shard(res, plan["plan_key"], s["index"], progress) for s in plan["shards"]]
+        return {**_finalize(res, plan["plan_key"], results, file=plan["filed"]), "skipped": skipped}
+    except BaseException as e:  # recorded as failed (a rerun resumes it and records success), then re-raised
+        try:
+            fail_campaign(res, plan["csv_key"] if plan["filed"] else "", f"{type(e).__name__}: {e}", plan)
+        except Exception:  # the database or S3 may be what failed: the original error is the one to see
+            log.warning("could not record run %s as failed", plan["run_id"], exc_info=True)
+        raise
 
 
 def fail_campaign(res: Resources, csv_key: str, reason: str, plan: dict[str, Any] | None = None) -> str | None:
@@ -310,7 +393,11 @@ def fail_campaign(res: Resources, csv_key: str, reason: str, plan: dict[str, Any
 def ingest_and_file(res: Resources, drop: dict[str, str]) -> dict[str, Any]:
     """Ingest one raw drop and move it to done/ or failed/ with its report (the dataset_ingest DAG).
 
-    A drop that fails its checks is filed under failed/ first, then its `UserError` is raised again."""
+    Every drop that cannot be ingested leaves raw/, so none is retried every few minutes forever: one
+    that fails its checks (a `UserError`) is filed under failed/ and the error raised again; one that
+    breaks the ingest in any other way (a bug, an input no check foresaw) is filed under failed/ with the
+    error in its report, and raised as a `UserError`. Only a fault that may pass (`is_transient`: S3 or
+    the lineage database not answering) leaves the drop in raw/ for the task's retry."""
     from dataclasses import asdict
 
     from gen_engine.datasets.ingest import ingest
@@ -322,6 +409,16 @@ def ingest_and_file(res: Resources, drop: dict[str, str]) -> dict[str, Any]:
         report = getattr(e, "report", {"error": str(e)})
         finish_drop(res, drop["key"], False, {"error": str(e), **report})
         raise
+    except Exception as e:
+        if is_transient(e):
+            raise
+        what = f"{type(e).__name__}: {str(e)[:500]}"
+        log.exception("drop %s broke the ingest (%s); filing it under failed/", drop["key"], what)
+        dest = finish_drop(res, drop["key"], False, {"error": what, "kind": "unexpected",
+                                                     "traceback": traceback.format_exc(limit=20)})
+        raise UserError(f"drop s3://{bucket}/{drop['key']} could not be ingested ({what}). It is filed as "
+                        f"s3://{bucket}/{dest} with a report and is not retried; after a fix, move it back "
+                        "to raw/.") from e
     result = asdict(r)
     finish_drop(res, drop["key"], True, result)
     return {**result, "asset_uri": f"s3://{bucket}/curated/{r.dataset}"}

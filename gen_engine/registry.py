@@ -3,12 +3,22 @@
 A model version lives in ``s3://models/<name>/<model_id>/`` (``generator.safetensors`` +
 ``model.json``); its id is the name plus a hash of its weights, so publishing twice is a no-op.
 Aliases (``production``) live in the lineage store. Resolving downloads into a local cache once.
+
+Integrity: publishing records the sha256 of every file it uploads (weights, model.json, compiled
+engines; `LineageStore.record_model_files`). Resolving checks each file against that record on every
+download and on every cache hit (a cached file that no longer matches is fetched again), downloads to
+a unique temporary name and renames it into place (two cold downloads on one host never share a file),
+and refuses with `ArtifactMismatch` what S3 serves with another hash. Versions published before the
+record existed are checked by what was recorded then: the weights by their model id (a hash of them),
+engines by their registered sha256.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +38,10 @@ MODEL_FILES = ("generator.safetensors", "model.json")
 # Travels with a model when present: the discriminator a warm start fine-tunes against (training only).
 OPTIONAL_FILES = ("discriminator.safetensors",)
 COMPILED_FILES = ("generator.onnx", "compile_report.json", "generator.plan", "generator.plan.json")
+
+
+class ArtifactMismatch(UserError):
+    """A model file in S3 (or the local cache) is not the one the registry recorded."""
 
 
 class ModelRegistry:
@@ -57,13 +71,15 @@ class ModelRegistry:
         name = meta.get("name", "generator")
         model_id = model_id_for(model_dir, name)
         prefix = f"{name}/{model_id}/"
-        for f in (*MODEL_FILES, *(o for o in OPTIONAL_FILES if (Path(model_dir) / o).exists())):
+        files = [*MODEL_FILES, *(o for o in OPTIONAL_FILES if (Path(model_dir) / o).exists())]
+        for f in files:
             self.store.put_file(self.settings.bucket_models, prefix + f, Path(model_dir) / f,
-                           metadata={"model-id": model_id, "code-version": meta.get("code_version", "")})
+                                metadata={"model-id": model_id, "code-version": meta.get("code_version", "")})
         self.lineage.register_model(name, model_id, uri=f"s3://{self.settings.bucket_models}/{prefix}",
                                dataset_version_id=dataset_version_id, config=meta, metrics=metrics or {},
                                code_version=meta.get("code_version", "unknown"),
                                     parent_model_id=meta.get("parent_model"))
+        self.lineage.record_model_files(model_id, _digests(Path(model_dir), files))
         if alias:
             self.lineage.set_alias(name, alias, model_id)
         row = self.lineage.model(model_id)
@@ -83,20 +99,61 @@ class ModelRegistry:
                              "Train and publish one first (`genengine train ... --publish`).")
         local = self.settings.local_dir / "cache" / "models" / row["model_id"]
         prefix = row["uri"].removeprefix(f"s3://{self.settings.bucket_models}/")
-        if not all((local / f).exists() for f in MODEL_FILES):
-            for f in MODEL_FILES:
-                self.store.get_file(self.settings.bucket_models, prefix + f, local / f)
-            for f in OPTIONAL_FILES:
-                if self.store.exists(self.settings.bucket_models, prefix + f):
-                    self.store.get_file(self.settings.bucket_models, prefix + f, local / f)
+        expected = self._expected_hashes(row)
+        for f in MODEL_FILES:
+            self._materialise(prefix, local, f, expected.get(f), row["model_id"])
+        for f in OPTIONAL_FILES:
+            if (f in expected or (local / f).exists()
+                    or self.store.exists(self.settings.bucket_models, prefix + f)):
+                self._materialise(prefix, local, f, expected.get(f), row["model_id"])
         # Compiled artifacts travel with the model when they exist (registered engines).
         for eng in self.lineage.engines(row["model_id"]):
             name = eng["uri"].rsplit("/", 1)[-1]
-            if not (local / name).exists():
-                for f in [name, *(c for c in COMPILED_FILES if c.startswith(name) and c != name)]:
-                    if self.store.exists(self.settings.bucket_models, prefix + f):
-                        self.store.get_file(self.settings.bucket_models, prefix + f, local / f)
+            if not eng["uri"].startswith(row["uri"]):
+                continue  # shared files (the text encoder) are not part of the model folder
+            for f in [name, *(c for c in COMPILED_FILES if c.startswith(name) and c != name)]:
+                if f in expected or self.store.exists(self.settings.bucket_models, prefix + f):
+                    self._materialise(prefix, local, f, expected.get(f), row["model_id"])
+        if model_id_for(local, row["name"]) != row["model_id"]:  # versions published before model_files
+            (local / "generator.safetensors").unlink()
+            self._materialise(prefix, local, "generator.safetensors", None, row["model_id"])
+            if model_id_for(local, row["name"]) != row["model_id"]:
+                (local / "generator.safetensors").unlink()
+                raise ArtifactMismatch(f"model {row['model_id']}: the weights in s3://{self.settings.bucket_models}/"
+                                       f"{prefix} hash to another model id: the object was changed after it was "
+                                       "published. Publish the model again; it is not used as it is.")
         return local, row
+
+    def _expected_hashes(self, row: dict[str, Any]) -> dict[str, str]:
+        """file -> sha256 the registry recorded: the model's files, then its engines' files."""
+        expected = {}
+        for eng in self.lineage.engines(row["model_id"]):
+            if eng["uri"].startswith(row["uri"]):
+                expected[eng["uri"].rsplit("/", 1)[-1]] = eng["sha256"]
+        return expected | self.lineage.model_files(row["model_id"])
+
+    def _materialise(self, prefix: str, local: Path, f: str, sha: str | None, model_id: str) -> None:
+        """``local/f`` as the registry recorded it: a matching cache hit is kept, anything else is
+        downloaded to a unique temporary name, checked, and renamed into place."""
+        path = local / f
+        if path.exists() and (sha is None or sha256_file(path) == sha):
+            return
+        if path.exists():
+            log.warning("cached %s of %s does not match the registry's sha256; downloading it again", f, model_id)
+        local.mkdir(parents=True, exist_ok=True)
+        tmp = local / f".{f}.{uuid.uuid4().hex}.part"
+        key = prefix + f
+        try:
+            self.store.get_file(self.settings.bucket_models, key, tmp)
+            got = sha256_file(tmp)
+            if sha is not None and got != sha:
+                raise ArtifactMismatch(
+                    f"model {model_id}: s3://{self.settings.bucket_models}/{key} has sha256 {got[:16]}..., the "
+                    f"registry recorded {sha[:16]}...: the object was changed or damaged after it was published. "
+                    "Publish the model again (or restore the object); it is not used as it is.")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def publish_compiled(self, model_dir: Path, row: dict[str, Any], report: dict[str, Any],
                          text_file: Path | None = None) -> list[str]:
@@ -115,9 +172,10 @@ class ModelRegistry:
                 self.store.put_file(self.settings.bucket_models, key, text_file)
             text["uri"] = f"s3://{self.settings.bucket_models}/{key}"
             (Path(model_dir) / "compile_report.json").write_text(json.dumps(report, indent=1))
-        for f in COMPILED_FILES:
-            if (Path(model_dir) / f).exists():
-                self.store.put_file(self.settings.bucket_models, prefix + f, Path(model_dir) / f)
+        compiled = [f for f in COMPILED_FILES if (Path(model_dir) / f).exists()]
+        for f in compiled:
+            self.store.put_file(self.settings.bucket_models, prefix + f, Path(model_dir) / f)
+        self.lineage.record_model_files(row["model_id"], _digests(Path(model_dir), compiled))
         engines = []
         onnx = report["onnx"]
         self.lineage.register_engine(f"{row['model_id']}-onnx-{onnx['sha256'][:12]}", row["model_id"],
@@ -152,3 +210,7 @@ class ModelRegistry:
             return None, None
         model_dir, row = self.resolve(init_from, name=name)
         return model_dir, row["model_id"]
+
+
+def _digests(folder: Path, files: list[str]) -> dict[str, tuple[str, int]]:
+    return {f: (sha256_file(folder / f), (folder / f).stat().st_size) for f in files}

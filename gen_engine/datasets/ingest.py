@@ -10,11 +10,12 @@
 3. Validate with the Great Expectations suites in ``validation/suites`` (records, then the drop:
    at least N records, rejected fraction <= 20% by default). A failing drop raises `DropRejected`
    with its report and GX Data Docs in the quarantine; nothing is published.
-4. Publish ``datasets/curated/<name>/v<N>/``: parquet shards (PNG bytes centre-cropped and resized
+4. Publish ``datasets/curated/<name>/<version id>/``: parquet shards (PNG bytes centre-cropped and resized
    to the training size, caption, MiniLM embedding, content hash, split), ``card.json``,
    ``sample_grid.png``, the validation report and GX Data Docs (``data_docs/index.html``). The
    version id is a content hash of the accepted records and the curation config: ingesting the same
-   drop again is a no-op.
+   drop again is a no-op. The version's number (v1, v2, ...) is allocated when the lineage row is
+   written, the commit of the version.
 
 Accounting always balances: records in = accepted + rejected + merged duplicates.
 """
@@ -39,7 +40,7 @@ from PIL import Image
 
 from gen_engine.config import Settings
 from gen_engine.datasets.images import split_of, square
-from gen_engine.datasets.readers import RawRecord, RawReject, read_drop
+from gen_engine.datasets.readers import ArchiveLimits, RawRecord, RawReject, read_drop
 from gen_engine.errors import UserError
 from gen_engine.infra.storage import Storage
 from gen_engine.naming import slugify
@@ -277,7 +278,7 @@ def ingest(source: str, name: str, res: Resources, cfg: CurationConfig | None = 
         raise UserError(f"dataset name '{name}' has no usable characters")
     with tempfile.TemporaryDirectory() as td, open(Path(td) / "images.bin", "w+b") as scratch:
         path, source_key = _fetch(source, store, Path(td))
-        fmt, items = read_drop(path)
+        fmt, items = read_drop(path, ArchiveLimits.from_settings(res.settings))
         quarantine = f"quarantine/{dataset}/{hashlib.sha256(source_key.encode()).hexdigest()[:12]}/"
         got = check_records(items, cfg, store, bucket, quarantine, source_key, scratch)
         accepted, n_rejected = got.accepted, len(got.rejected)
@@ -310,15 +311,15 @@ def ingest(source: str, name: str, res: Resources, cfg: CurationConfig | None = 
             log.info("drop %s is already %s v%d: nothing to do", source_key, dataset, existing["version"])
             return IngestResult(**result, version=existing["version"], uri=existing["uri"], created=False,
                                 seconds=time.monotonic() - t0)
-        latest = lineage.dataset_version(dataset)
-        n = (latest["version"] + 1) if latest else 1
-        prefix = f"curated/{dataset}/v{n}/"
+        # Step 4. The prefix is the content's own (its version id), never a number another ingest could
+        # also pick: a failed publish leaves only objects that a retry of the same content rewrites
+        # byte for byte, and two ingests at once write different prefixes (or the same bytes). The
+        # lineage row is the commit: the version (and its number, allocated there) exists once it is in.
+        prefix = f"curated/{dataset}/{version_id}/"
         report["data_docs"] = upload_docs(store, bucket, prefix + "data_docs/", docs)
-        card = _publish(store, bucket, prefix, scratch, got.images, cfg, report, version_id)  # step 4
-        version = lineage.record_dataset_version(dataset, version_id, uri=f"s3://{bucket}/{prefix}",
-                                                 n_records=accepted, n_rejected=n_rejected, config=asdict(cfg),
-                                                 card=card)
-        assert version == n, (version, n)
+        card = _publish(store, bucket, prefix, scratch, got.images, cfg, report, version_id)
+        n = lineage.record_dataset_version(dataset, version_id, uri=f"s3://{bucket}/{prefix}",
+                                           n_records=accepted, n_rejected=n_rejected, config=asdict(cfg), card=card)
     log.info("ingested %s as %s v%d: %d accepted, %d rejected, %d duplicates merged in %.1fs", source_key, dataset,
              n, accepted, n_rejected, got.duplicates, time.monotonic() - t0)
     return IngestResult(**result, version=n, uri=f"s3://{bucket}/{prefix}", created=True,

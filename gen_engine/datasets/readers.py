@@ -9,6 +9,15 @@ Each reader yields `RawRecord`s (one per caption row) and `RawReject`s (a member
 cannot become a record, with the reason). Members with absolute paths, ``..``, links or devices are
 rejected by name and their bytes are never read. Archives are read member by member; only the
 metadata is held in memory.
+
+Poison drops (`ArchiveLimits`): a member is read in chunks and no further than the member limit (an
+image over it is a rejected record, its bytes unread); a zip member whose header promises more than
+``ratio`` times its compressed size is refused before it is inflated; an archive whose members add up
+to more than the total limit, or hold more members than the member-count limit, or whose metadata is
+larger than its limit, is refused as a whole (`DropError`) before it fills memory or disk. A corrupt
+(CRC), encrypted or unreadable member is a rejected record; a truncated or corrupt tar stream, a
+metadata file that is a link or lies outside the archive, or a metadata CSV cell past the field limit is
+a `DropError` naming what to fix. Every failure here is one of those two, never a crash.
 """
 
 from __future__ import annotations
@@ -16,13 +25,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import lzma
 import posixpath
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
+from gen_engine.config import Settings
 from gen_engine.errors import UserError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
@@ -64,18 +77,58 @@ def unsafe_member_reason(name: str, kind: str = "file") -> str | None:
 
 
 # --- archive access -------------------------------------------------------------------------------------
+MiB = 1024 * 1024
+CHUNK = MiB
+RATIO_FLOOR = MiB  # members (or archives) smaller than this are not judged by their compression ratio
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """How much a drop may make the reader hold or inflate (``GEN_INGEST_MAX_*``; see the module doc)."""
+
+    member_bytes: int = 20 * MiB  # any member read (images and captions; the image size limit)
+    metadata_bytes: int = 256 * MiB  # metadata.jsonl / metadata.csv, held in memory
+    total_bytes: int = 64 * 1024 * MiB  # the archive's members added up, uncompressed
+    members: int = 2_000_000
+    ratio: float = 200.0  # uncompressed / compressed, per zip member and for a compressed tar
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ArchiveLimits:
+        return cls(member_bytes=settings.ingest_max_bytes, metadata_bytes=settings.ingest_max_metadata_bytes,
+                   total_bytes=settings.ingest_max_archive_bytes, members=settings.ingest_max_members,
+                   ratio=settings.ingest_max_compression_ratio)
+
+
+class TooLarge(Exception):
+    """A member that is larger than it may be; its bytes are not read further."""
+
+
 @dataclass
 class Member:
     name: str
     kind: str  # file, dir, symlink, hardlink, device
     size: int
+    refused: str | None = None  # why its bytes were not read (too large, corrupt, encrypted), if so
+
+
+def _read_capped(f: IO[bytes], cap: int, name: str) -> bytes:
+    """At most ``cap`` bytes of ``f``, in chunks; `TooLarge` as soon as there is more."""
+    out, n = [], 0
+    while chunk := f.read(min(CHUNK, cap + 1 - n)):
+        out.append(chunk)
+        n += len(chunk)
+        if n > cap:
+            raise TooLarge(f"archive member '{name}' is larger than {cap:,} bytes (the limit); its bytes were "
+                           "not read")
+    return b"".join(out)
 
 
 class Archive:
-    """Uniform, streaming access to a zip, a tar (any compression) or a local folder."""
+    """Uniform, streaming access to a zip, a tar (any compression) or a local folder, within ``limits``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, limits: ArchiveLimits | None = None) -> None:
         self.path = Path(path)
+        self.limits = limits or ArchiveLimits()
         if self.path.is_dir():
             self.kind = "folder"
         elif zipfile.is_zipfile(self.path):
@@ -84,35 +137,116 @@ class Archive:
             try:
                 with tarfile.open(self.path, "r:*"):
                     pass
-            except (tarfile.TarError, OSError):
+            except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError):
                 raise DropError(f"{self.path.name} is neither a zip nor a tar archive nor a folder") from None
             self.kind = "tar"
 
-    def members(self, want: Callable[[str], bool] = lambda _: True) -> Iterator[tuple[Member, bytes | None]]:
+    def members(self, want: Callable[[str], bool] = lambda _: True,
+                cap: Callable[[str], int] | None = None) -> Iterator[tuple[Member, bytes | None]]:
         """(member, bytes) in archive order. Bytes are read only for safe regular files that ``want`` accepts
-        (None otherwise): unsafe members are never read."""
+        (None otherwise): unsafe members are never read. ``cap(name)``: the most bytes a member may have
+        (default the member limit); a member that is refused carries the reason in ``Member.refused``.
+        Raises `DropError` when the archive as a whole breaks a limit or cannot be read on."""
+        cap = cap or (lambda _: self.limits.member_bytes)
+        count = total = 0
+
+        def account(m: Member) -> None:
+            nonlocal count, total
+            count, total = count + 1, total + max(m.size, 0)
+            lim = self.limits
+            if count > lim.members:
+                raise DropError(f"{self.path.name} has more than {lim.members:,} members (the limit); split it "
+                                "into several drops")
+            if total > lim.total_bytes:
+                raise DropError(f"{self.path.name} expands to more than {lim.total_bytes:,} bytes (the limit; "
+                                "an archive bomb or a drop to split into several)")
+            packed = self.path.stat().st_size if self.kind == "tar" else 0
+            if packed and total > max(RATIO_FLOOR, 64 * MiB) and total > lim.ratio * packed:
+                raise DropError(f"{self.path.name} expands {total / packed:.0f}x (more than {lim.ratio:.0f}x, "
+                                "the compression-ratio limit): an archive bomb is refused")
+
         if self.kind == "folder":
-            for p in sorted(self.path.rglob("*")):
-                rel = p.relative_to(self.path).as_posix()
-                kind = "symlink" if p.is_symlink() else "dir" if p.is_dir() else "file" if p.is_file() else "device"
-                yield Member(rel, kind, p.lstat().st_size), (p.read_bytes() if kind == "file" and want(rel) else None)
+            yield from self._folder(want, cap, account)
         elif self.kind == "zip":
-            with zipfile.ZipFile(self.path) as z:
-                for info in z.infolist():
-                    is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
-                    kind = "symlink" if is_link else "dir" if info.is_dir() else "file"
-                    safe = unsafe_member_reason(info.filename, kind) is None
-                    yield Member(info.filename, kind, info.file_size), (
-                        z.read(info) if safe and kind == "file" and want(info.filename) else None)
+            yield from self._zip(want, cap, account)
         else:
+            yield from self._tar(want, cap, account)
+
+    def _folder(self, want: Callable[[str], bool], cap: Callable[[str], int],
+                account: Callable[[Member], None]) -> Iterator[tuple[Member, bytes | None]]:
+        for p in sorted(self.path.rglob("*")):
+            rel = p.relative_to(self.path).as_posix()
+            kind = "symlink" if p.is_symlink() else "dir" if p.is_dir() else "file" if p.is_file() else "device"
+            m = Member(rel, kind, p.lstat().st_size if kind == "file" else 0)
+            account(m)
+            data = None
+            if kind == "file" and want(rel):
+                try:
+                    with open(p, "rb") as f:
+                        data = _read_capped(f, cap(rel), rel)
+                except TooLarge as e:
+                    m.refused = str(e)
+            yield m, data
+
+    def _zip(self, want: Callable[[str], bool], cap: Callable[[str], int],
+             account: Callable[[Member], None]) -> Iterator[tuple[Member, bytes | None]]:
+        try:
+            z = zipfile.ZipFile(self.path)
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            raise DropError(f"{self.path.name} is a damaged zip ({e}); re-create the archive") from None
+        with z:
+            for info in z.infolist():
+                is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
+                kind = "symlink" if is_link else "dir" if info.is_dir() else "file"
+                m = Member(info.filename, kind, info.file_size)
+                account(m)
+                data = None
+                if unsafe_member_reason(info.filename, kind) is None and kind == "file" and want(info.filename):
+                    data, m.refused = self._zip_read(z, info, cap(info.filename))
+                yield m, data
+
+    def _zip_read(self, z: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> tuple[bytes | None, str | None]:
+        """(bytes, None), or (None, why not): too large, a bomb by ratio, encrypted or corrupt."""
+        name = info.filename
+        if info.file_size > cap:
+            return None, (f"archive member '{name}' is {info.file_size:,} bytes; the limit is {cap:,} (its bytes "
+                          "were not read)")
+        if info.file_size > RATIO_FLOOR and info.file_size > self.limits.ratio * max(info.compress_size, 1):
+            return None, (f"archive member '{name}' would expand {info.file_size / max(info.compress_size, 1):.0f}x "
+                          f"(more than {self.limits.ratio:.0f}x): a zip bomb is refused unread")
+        if info.flag_bits & 0x1:
+            return None, f"archive member '{name}' is encrypted; give an archive without a password"
+        try:
+            with z.open(info) as f:
+                return _read_capped(f, cap, name), None
+        except TooLarge as e:
+            return None, str(e)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
+            return None, (f"archive member '{name}' cannot be read ({type(e).__name__}: {str(e)[:120]}); "
+                          "the archive is corrupt: re-create it")
+
+    def _tar(self, want: Callable[[str], bool], cap: Callable[[str], int],
+             account: Callable[[Member], None]) -> Iterator[tuple[Member, bytes | None]]:
+        last = "(start)"
+        try:
             with tarfile.open(self.path, "r|*") as t:  # stream mode: one pass, member by member
                 for info in t:
                     kind = ("symlink" if info.issym() else "hardlink" if info.islnk() else "dir" if info.isdir()
                             else "file" if info.isfile() else "device")
-                    safe = unsafe_member_reason(info.name, kind) is None
-                    read = safe and kind == "file" and want(info.name)
-                    data = t.extractfile(info).read() if read else None  # type: ignore[union-attr]
-                    yield Member(info.name, kind, info.size), data
+                    m = Member(info.name, kind, info.size if kind == "file" else 0)
+                    account(m)
+                    data = None
+                    if unsafe_member_reason(info.name, kind) is None and kind == "file" and want(info.name):
+                        if info.size > cap(info.name):
+                            m.refused = (f"archive member '{info.name}' is {info.size:,} bytes; the limit is "
+                                         f"{cap(info.name):,} (its bytes were not read)")
+                        else:
+                            data = _read_capped(t.extractfile(info), cap(info.name), info.name)  # type: ignore[arg-type]
+                    last = info.name
+                    yield m, data
+        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError, TooLarge) as e:
+            raise DropError(f"{self.path.name} is truncated or corrupt after member '{last}' ({type(e).__name__}: "
+                            f"{str(e)[:120]}); re-create the archive") from None
 
 
 # --- formats --------------------------------------------------------------------------------------------
@@ -129,9 +263,9 @@ def detect_format(archive: Archive) -> str:
                     "pairs (WebDataset). See the README's dataset formats.")
 
 
-def read_drop(path: Path) -> tuple[str, Iterator[RawRecord | RawReject]]:
+def read_drop(path: Path, limits: ArchiveLimits | None = None) -> tuple[str, Iterator[RawRecord | RawReject]]:
     """The drop's format and its records; DropError when the drop as a whole is unusable."""
-    archive = Archive(path)
+    archive = Archive(path, limits)
     fmt = detect_format(archive)
     return fmt, (_imagefolder(archive) if fmt == "imagefolder" else _webdataset(archive))
 
@@ -150,6 +284,9 @@ def _parse_metadata(name: str, data: bytes) -> Iterator[tuple[int, dict[str, obj
             except json.JSONDecodeError as e:
                 yield i, None, f"{name} line {i} is not valid JSON ({e.msg})"
                 continue
+            except RecursionError:
+                yield i, None, f"{name} line {i} nests JSON too deeply to read; give one flat object per line"
+                continue
             yield i, row if isinstance(row, dict) else None, None if isinstance(row, dict) else (
                 f"{name} line {i} is not a JSON object")
     else:
@@ -157,8 +294,13 @@ def _parse_metadata(name: str, data: bytes) -> Iterator[tuple[int, dict[str, obj
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise DropError(f"{name} is not valid UTF-8; re-save it as CSV UTF-8") from None
-        for i, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
-            yield i, {(k or "").strip().lower(): v for k, v in row.items()}, None
+        reader = csv.DictReader(io.StringIO(text))
+        try:
+            for row in reader:
+                yield reader.line_num, {(k or "").strip().lower(): v for k, v in row.items()}, None
+        except csv.Error as e:
+            raise DropError(f"{name} cannot be read past line {reader.line_num + 1} ({e}); a caption cell that "
+                            "large is not a caption, or a quote is left open: fix that line") from None
 
 
 def _imagefolder(archive: Archive) -> Iterator[RawRecord | RawReject]:
@@ -166,16 +308,23 @@ def _imagefolder(archive: Archive) -> Iterator[RawRecord | RawReject]:
     meta_name, meta_bytes, images = None, b"", set()
     unsafe: list[RawReject] = []
     is_meta = lambda n: posixpath.basename(n) in ("metadata.jsonl", "metadata.csv")  # noqa: E731
-    for m, data in archive.members(want=is_meta):
+    refused_meta = None
+    for m, data in archive.members(want=is_meta, cap=lambda _: archive.limits.metadata_bytes):
         reason = unsafe_member_reason(m.name, m.kind)
         if reason:
             unsafe.append(RawReject(m.name, reason))
-        elif m.kind == "file" and posixpath.basename(m.name) in ("metadata.jsonl", "metadata.csv"):
+            refused_meta = refused_meta or (reason if is_meta(m.name) else None)
+        elif m.kind == "file" and is_meta(m.name):
+            if m.refused:
+                raise DropError(f"{archive.path.name}: the metadata was not read: {m.refused} (metadata is "
+                                f"held in memory, at most {archive.limits.metadata_bytes:,} bytes: split the drop)")
             meta_name, meta_bytes = m.name, data or b""
         elif m.kind == "file" and m.name.lower().endswith(IMAGE_EXTS):
             images.add(m.name)
+    if meta_name is None:  # detect_format saw a metadata file, but none that may be read
+        raise DropError(f"{archive.path.name}: its metadata file was not read ({refused_meta}); give "
+                        "metadata.jsonl or metadata.csv as a regular file inside the archive")
     yield from unsafe
-    assert meta_name is not None
     root = posixpath.dirname(meta_name)
     rows: dict[str, list[dict[str, object]]] = {}
     for line, row, reason in _parse_metadata(posixpath.basename(meta_name), meta_bytes):
@@ -197,7 +346,11 @@ def _imagefolder(archive: Archive) -> Iterator[RawRecord | RawReject]:
     # Pass 2: stream the images, emit one record per caption row.
     seen = set()
     for m, data in archive.members(want=lambda n: n in rows):
-        if m.name in rows and data is not None:
+        if m.name in rows and m.refused:
+            seen.add(m.name)
+            for r in rows[m.name]:
+                yield RawReject(f"{meta_name}:{r['line']}", m.refused)
+        elif m.name in rows and data is not None:
             seen.add(m.name)
             for r in rows[m.name]:
                 yield RawRecord(m.name, data, r["caption"], r["extra"])  # type: ignore[arg-type]
@@ -232,7 +385,7 @@ def _webdataset(archive: Archive) -> Iterator[RawRecord | RawReject]:
                 doc = json.loads(cap[1].decode("utf-8"))
                 caption = next((doc[k] for k in CAPTION_KEYS if k in doc), None)
                 extra = {k: v for k, v in doc.items() if k not in CAPTION_KEYS}
-            except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError, TypeError):
                 yield RawReject(cap[0], "caption JSON is not valid UTF-8 JSON with a 'caption' or 'text' field",
                                 img[1])
                 return
@@ -243,6 +396,9 @@ def _webdataset(archive: Archive) -> Iterator[RawRecord | RawReject]:
         reason = unsafe_member_reason(m.name, m.kind)
         if reason:
             yield RawReject(m.name, reason)
+            continue
+        if m.refused:
+            yield RawReject(m.name, m.refused)
             continue
         if m.kind != "file" or data is None or "." not in posixpath.basename(m.name):
             continue

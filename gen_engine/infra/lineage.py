@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,12 +90,12 @@ class LineageStore:
         self, dataset: str, version_id: str, *, uri: str, n_records: int, n_rejected: int,
         config: Mapping[str, Any], card: Mapping[str, Any],
     ) -> int:
-        """Register a curated version; idempotent on ``version_id``. Returns its number (1, 2, ...)."""
-        with self.engine.begin() as c:
-            found = c.execute(sa.text("SELECT version FROM dataset_versions WHERE version_id = :v"),
-                              {"v": version_id}).first()
-            if found:
-                return int(found[0])
+        """Register a curated version; idempotent on ``version_id``. Returns its number (1, 2, ...).
+
+        This insert is the version's commit. The number is allocated inside it; two writers that read
+        the same MAX collide on UNIQUE (dataset, version), and the loser retries with the next number
+        (or finds its content already registered by the other)."""
+        def insert(c: sa.Connection) -> int:
             _insert_ignore(c, "datasets", {"name": dataset, "created_at": utcnow()}, key="name")
             n = c.execute(sa.text("SELECT COALESCE(MAX(version), 0) + 1 FROM dataset_versions WHERE dataset = :d"),
                           {"d": dataset}).scalar_one()
@@ -104,7 +105,25 @@ class LineageStore:
             ), {"version_id": version_id, "dataset": dataset, "version": n, "uri": uri, "n_records": n_records,
                 "n_rejected": n_rejected, "config_json": _dumps(config), "card_json": _dumps(card),
                 "created_at": utcnow()})
-        return int(n)
+            return int(n)
+
+        return self._allocate("SELECT version FROM dataset_versions WHERE version_id = :k", version_id, insert)
+
+    def _allocate(self, existing_sql: str, key: str, insert: Any, attempts: int = 8) -> int:
+        """Run ``insert(conn)`` (which numbers a new row MAX()+1) unless ``existing_sql`` finds ``key``;
+        on a unique-key collision with a concurrent writer, look again and retry."""
+        for attempt in range(attempts):
+            try:
+                with self.engine.begin() as c:
+                    found = c.execute(sa.text(existing_sql), {"k": key}).first()
+                    return int(found[0]) if found else insert(c)
+            except (sa.exc.IntegrityError, sa.exc.OperationalError) as e:
+                # IntegrityError: the number was taken (PostgreSQL); "database is locked": SQLite refused
+                # to upgrade a reader whose snapshot another writer had moved past.
+                if attempt == attempts - 1 or (isinstance(e, sa.exc.OperationalError) and "locked" not in str(e)):
+                    raise
+                time.sleep(0.02 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def dataset_version(self, dataset: str, version: int | None = None) -> dict[str, Any] | None:
         """One version of a dataset (the latest when ``version`` is None)."""
@@ -128,13 +147,10 @@ class LineageStore:
         self, name: str, model_id: str, *, uri: str, dataset_version_id: str | None,
         config: Mapping[str, Any], metrics: Mapping[str, Any], code_version: str, parent_model_id: str | None = None,
     ) -> int:
-        """Register a trained model version; idempotent on ``model_id``. Returns its number.
+        """Register a trained model version; idempotent on ``model_id``. Returns its number (allocated as
+        `record_dataset_version` allocates, safe against concurrent registrations).
         ``parent_model_id``: the model it was warm-started from (None: trained from scratch)."""
-        with self.engine.begin() as c:
-            found = c.execute(sa.text("SELECT version FROM model_versions WHERE model_id = :m"),
-                              {"m": model_id}).first()
-            if found:
-                return int(found[0])
+        def insert(c: sa.Connection) -> int:
             n = c.execute(sa.text("SELECT COALESCE(MAX(version), 0) + 1 FROM model_versions WHERE name = :n"),
                           {"n": name}).scalar_one()
             c.execute(sa.text(
@@ -144,7 +160,9 @@ class LineageStore:
             ), {"model_id": model_id, "name": name, "version": n, "dvid": dataset_version_id, "uri": uri,
                 "config_json": _dumps(config), "metrics_json": _dumps(metrics), "code_version": code_version,
                 "created_at": utcnow(), "parent": parent_model_id})
-        return int(n)
+            return int(n)
+
+        return self._allocate("SELECT version FROM model_versions WHERE model_id = :k", model_id, insert)
 
     def update_model_metrics(self, model_id: str, metrics: Mapping[str, Any]) -> None:
         with self.engine.begin() as c:
@@ -159,12 +177,47 @@ class LineageStore:
         return self._all("SELECT * FROM model_versions WHERE dataset_version_id = :d ORDER BY version",
                          d=dataset_version_id)
 
-    def set_alias(self, name: str, alias: str, model_id: str) -> None:
-        """Point ``name@alias`` (e.g. generator@production) at a model version."""
+    def set_alias(self, name: str, alias: str, model_id: str, *, expect: str | None | object = ...) -> bool:
+        """Point ``name@alias`` (e.g. generator@production) at a model version, in one statement (an
+        upsert: concurrent writers never see the alias missing nor collide on its key).
+
+        ``expect``: compare-and-set. The alias moves only if it still points at ``expect`` (None: only
+        if it does not exist yet); returns False, changing nothing, when another writer moved it first."""
+        t = utcnow()
         with self.engine.begin() as c:
-            c.execute(sa.text("DELETE FROM model_aliases WHERE name = :n AND alias = :a"), {"n": name, "a": alias})
-            c.execute(sa.text("INSERT INTO model_aliases VALUES (:n, :a, :m, :t)"),
-                      {"n": name, "a": alias, "m": model_id, "t": utcnow()})
+            if expect is ...:
+                c.execute(sa.text(
+                    "INSERT INTO model_aliases (name, alias, model_id, updated_at) VALUES (:n, :a, :m, :t) "
+                    "ON CONFLICT (name, alias) DO UPDATE SET model_id = excluded.model_id, "
+                    "updated_at = excluded.updated_at"), {"n": name, "a": alias, "m": model_id, "t": t})
+                return True
+            if expect is None:
+                got = c.execute(sa.text(
+                    "INSERT INTO model_aliases (name, alias, model_id, updated_at) VALUES (:n, :a, :m, :t) "
+                    "ON CONFLICT (name, alias) DO NOTHING"), {"n": name, "a": alias, "m": model_id, "t": t})
+            else:
+                got = c.execute(sa.text(
+                    "UPDATE model_aliases SET model_id = :m, updated_at = :t "
+                    "WHERE name = :n AND alias = :a AND model_id = :old"),
+                    {"n": name, "a": alias, "m": model_id, "t": t, "old": expect})
+            return got.rowcount == 1
+
+    # --- model files (integrity) ---------------------------------------------------------------------
+    def record_model_files(self, model_id: str, files: Mapping[str, tuple[str, int]]) -> None:
+        """The sha256 and size of each file (name -> (sha256, size)) of a model version in S3; a file
+        uploaded again (a recompile) replaces its entry."""
+        t = utcnow()
+        with self.engine.begin() as c:
+            for f, (sha, size) in files.items():
+                c.execute(sa.text(
+                    "INSERT INTO model_files (model_id, file, sha256, size, updated_at) VALUES (:m, :f, :s, :z, :t) "
+                    "ON CONFLICT (model_id, file) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, "
+                    "updated_at = excluded.updated_at"), {"m": model_id, "f": f, "s": sha, "z": size, "t": t})
+
+    def model_files(self, model_id: str) -> dict[str, str]:
+        """file -> sha256 of a model version's recorded files (empty for versions published before)."""
+        return {r["file"]: r["sha256"] for r in self._all("SELECT file, sha256 FROM model_files WHERE model_id = :m",
+                                                          m=model_id)}
 
     def resolve_alias(self, name: str, alias: str) -> dict[str, Any] | None:
         """The model version an alias points at, or None."""
@@ -190,8 +243,9 @@ class LineageStore:
         self, run_id: str, campaign: str, *, csv_key: str, csv_sha256: str, model_id: str | None,
         backend: str | None,
     ) -> None:
-        """Record a render run as started. Idempotent: a resumed run keeps its row; a re-render (same CSV,
-        new model) updates the model and backend, and its outputs replace the old rows."""
+        """Record a render run as started. Idempotent: a resumed run keeps its row. A run id fixes its
+        model (`render.plan.run_identity`); a caller reusing one with another model gets the old output
+        rows dropped rather than mixed with the new."""
         with self.engine.begin() as c:
             _insert_ignore(c, "campaigns", {"name": campaign, "created_at": utcnow()}, key="name")
             _insert_ignore(c, "render_runs", {

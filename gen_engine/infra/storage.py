@@ -14,7 +14,10 @@ Why a wrapper: every caller needs the same four things the raw SDK leaves to the
 from __future__ import annotations
 
 import io
+import json
 import logging
+import os
+import socket
 import time
 import urllib.parse
 import uuid
@@ -297,41 +300,113 @@ class Storage:
             bucket=bucket, key=key,
         )
 
+    # --- conditional writes ------------------------------------------------------------------------
+    def put_if(self, bucket: str, key: str, data: bytes, *, if_match: str | None = None) -> str | None:
+        """Write ``key`` only if it does not exist (``if_match`` None) or still has ETag ``if_match``.
+        Returns the new ETag, or None when the condition did not hold (another writer was first)."""
+        cond = {"If-Match": f'"{if_match}"'} if if_match else {"If-None-Match": "*"}
+        try:
+            res = self._call("conditional put", lambda: self.client._put_object(bucket, key, data, headers=dict(cond)),
+                             bucket=bucket, key=key)
+        except StorageError as e:
+            if _precondition_failed(e):
+                return None
+            raise
+        return (res.etag or "").strip('"')
+
+    def delete_if(self, bucket: str, key: str, etag: str) -> bool:
+        """Delete ``key`` only if it still has ETag ``etag`` (not a newer upload of the same key).
+        False when it changed; True when deleted or already gone."""
+        try:
+            self._call("conditional delete",
+                       lambda: self.client._execute("DELETE", bucket, key, headers={"If-Match": f'"{etag}"'}),
+                       bucket=bucket, key=key)
+        except StorageError as e:
+            if _precondition_failed(e):
+                return False
+            raise
+        return True
+
+    def get_with_etag(self, bucket: str, key: str) -> tuple[bytes, str]:
+        """An object's bytes and the ETag of exactly those bytes (one GET)."""
+        def fetch() -> tuple[bytes, str]:
+            resp = self.client.get_object(bucket, key)
+            try:
+                return resp.read(), (resp.headers.get("ETag") or "").strip('"')
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._call("get_object", fetch, bucket=bucket, key=key)
+
     # --- claim-by-move -------------------------------------------------------------------------------
-    def claim(self, bucket: str, src: str, dst: str) -> bool:
+    def claim(self, bucket: str, src: str, dst: str, *, etag: str | None = None, lease_s: float = 300.0,
+              owner: str | None = None) -> bool:
         """Move ``src`` to ``dst`` if and only if this caller wins; exactly one of racing callers does.
 
         A plain copy-then-delete lets two claimers both "win". Here a claim marker ``dst + '.claim'``
         is created with a conditional write (``If-None-Match: *``), which the server lets exactly one
-        writer do. The winner copies and deletes, then removes the marker so that a later object of
-        the same name can be claimed again. A retried marker write that had in fact succeeded is
-        recognised by the token inside it. Returns False for losers and when ``src`` is already gone.
+        writer do. The marker names its owner (host and process) and an expiry ``lease_s`` ahead: a
+        claimer killed before it removed its marker blocks the name only until then, after which the
+        next claimer takes the marker over with a write conditional on the stale marker's ETag (so of
+        several takers, one wins). The winner copies and deletes, then removes its marker so that a
+        later object of the same name can be claimed again. With ``etag`` (what the caller listed), the
+        copy is of exactly that content and the delete is conditional on it: a newer upload of the same
+        key that arrived meanwhile is left in place for the next claim. A retried marker write that had
+        in fact succeeded is recognised by the token inside it. Returns False for losers and when
+        ``src`` is gone (or no longer has ``etag``).
         """
         marker = dst + ".claim"
-        token = uuid.uuid4().hex.encode()
-        try:
-            self._call(
-                "claim marker",
-                lambda: self.client._put_object(bucket, marker, token, headers={"If-None-Match": "*"}),
-                bucket=bucket, key=marker,
-            )
-        except StorageError as e:
-            if "PreconditionFailed" not in str(e) and "ConditionalRequestConflict" not in str(e):
-                raise
-            try:
-                if self.get_bytes(bucket, marker) != token:
-                    return False
-            except ObjectNotFound:
+        token = uuid.uuid4().hex
+        body = json.dumps({"token": token, "owner": owner or f"{socket.gethostname()}:{os.getpid()}",
+                           "expires_at": time.time() + lease_s}).encode()
+        mine = self.put_if(bucket, marker, body)
+        if mine is None:
+            mine = self._take_over(bucket, marker, token, body)
+            if mine is None:
                 return False
         try:
             try:
-                self.copy(bucket, src, dst)
+                self._call("copy_object", lambda: self.client.copy_object(
+                    bucket, dst, CopySource(bucket, src, match_etag=etag)), bucket=bucket, key=src)
             except ObjectNotFound:
                 return False  # someone else moved it before we won the marker
-            self.delete(bucket, src)
+            except StorageError as e:
+                if _precondition_failed(e):
+                    return False  # src changed since it was listed: claim the new content next time
+                raise
+            if etag:
+                if not self.delete_if(bucket, src, etag):
+                    log.warning("s3://%s/%s changed while it was claimed; the newer upload is left in place", bucket,
+                                src)
+            else:
+                self.delete(bucket, src)
             return True
         finally:
-            self.delete(bucket, marker)
+            self.delete_if(bucket, marker, mine)
+
+    def _take_over(self, bucket: str, marker: str, token: str, body: bytes) -> str | None:
+        """The marker is taken: ours (a retried write that succeeded), live (None), or stale (take it over)."""
+        try:
+            held, held_etag = self.get_with_etag(bucket, marker)
+        except ObjectNotFound:
+            return self.put_if(bucket, marker, body)  # released meanwhile: try once more
+        try:
+            doc = json.loads(held)
+            holder, expires, who = doc["token"], float(doc["expires_at"]), str(doc.get("owner"))[:80]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # an old-style (bare token) or broken marker: no expiry to honour, so it is stale
+            holder, expires, who = held.decode("utf-8", "replace"), 0.0, "an unknown owner"
+        if holder == token:
+            return held_etag
+        if time.time() < expires:
+            return None
+        log.warning("claim marker s3://%s/%s of %s expired; taking it over", bucket, marker, who)
+        return self.put_if(bucket, marker, body, if_match=held_etag)
+
+
+def _precondition_failed(err: StorageError) -> bool:
+    return "PreconditionFailed" in str(err) or "ConditionalRequestConflict" in str(err)
 
 
 def _meta_headers(metadata: dict[str, str] | None) -> dict[str, str] | None:

@@ -2,8 +2,12 @@
 run's ``work/`` prefix, cut the accepted rows into shards of about ``shard_size`` images, and return a
 small JSON-able `Plan` (no image data ever travels through XCom).
 
-Keys are a pure function of (campaign, CSV checksum, asset, k): the run id is the CSV's checksum, so
-the same CSV dropped twice reuses its results and two campaigns never touch each other's objects.
+A run is identified by what decides its images (`run_identity`): the campaign, the CSV's checksum, the
+model id, the backend asked for, the shard size and the row rules. Its objects live under
+``<campaign>/<run id>/``, and every key below is a pure function of the identity and (asset, k). So
+the same CSV dropped twice for one campaign with one model reuses its results, while the same CSV in
+two campaigns, or rendered again with another model or shard size, is another run: its own plan, images,
+manifest, gallery and lineage rows, and the images already delivered are never overwritten.
 """
 
 from __future__ import annotations
@@ -52,6 +56,14 @@ class Plan:
         return cls(**d)
 
 
+def run_identity(campaign: str, csv_sha256: str, model_id: str, backend: str, shard_size: int,
+                 rules: RowRules) -> str:
+    """The run id: a hash of everything that decides the run's images and plan (see the module doc)."""
+    doc = {"campaign": campaign, "csv_sha256": csv_sha256, "model": model_id, "backend": backend,
+           "shard_size": shard_size, "rules": asdict(rules)}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def derived_seed(campaign: str, asset: str, k: int) -> int:
     """Seed of an image whose row gave none: a pure function of (campaign, row key, index)."""
     return int.from_bytes(hashlib.sha256(f"{campaign}\x1f{asset}\x1f{k}".encode()).digest()[:4], "big")
@@ -83,10 +95,13 @@ def _fetch_source(source: str, settings: Settings, store: Storage, tmp: Path) ->
 
 
 def prepare(source: str, campaign: str, settings: Settings, store: Storage, *, model_ref: str = "production",
-            backend: str = "auto", shard_size: int | None = None, rules: RowRules | None = None) -> Plan:
+            model_id: str | None = None, backend: str = "auto", shard_size: int | None = None,
+            rules: RowRules | None = None) -> Plan:
     """Validate and plan; raises CsvError when the file as a whole is unusable.
 
-    shard_size, rules: default the settings' (``render_shard_size``, `RowRules.from_settings`)."""
+    model_ref: how the shards find the model (a model id, or a local model folder); model_id: the id it
+    resolved to, part of the run's identity (default ``model_ref``), so an alias must be resolved by the
+    caller. shard_size, rules: default the settings' (``render_shard_size``, `RowRules.from_settings`)."""
     t0 = time.monotonic()
     shard_size = shard_size or settings.render_shard_size
     rules = rules or RowRules.from_settings(settings)
@@ -96,7 +111,7 @@ def prepare(source: str, campaign: str, settings: Settings, store: Storage, *, m
     with tempfile.TemporaryDirectory() as td:
         path, csv_key = _fetch_source(source, settings, store, Path(td))
         sha = sha256_file(path)
-        run_id = sha[:16]
+        run_id = run_identity(slug, sha, model_id or model_ref, backend, shard_size, rules)
         prefix = f"{slug}/{run_id}/"
         rejected_path = Path(td) / "rejected.jsonl"
         reader = PromptCsv(path, Path(csv_key).name, rules)

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from gen_engine.config import Settings
 from gen_engine.infra.storage import Storage
-from gen_engine.render.campaign import run_campaign
+from gen_engine.orchestration import run_campaign
 from gen_engine.resources import resources
 
 
@@ -47,8 +47,8 @@ def test_pages_answer_and_escape_user_text(client, s3_settings: Settings, tmp_pa
     model = save_model(tmp_path / "m", Generator(GANConfig(resolution=16, nf=8)), {"name": "generator"})
     Storage.from_settings(s3_settings).put_bytes(
         "campaigns", "claimed/xss.csv", b'prompt,asset_name\n"<script>alert(1)</script> star",x1\n,empty\n')
-    summary = run_campaign("s3://campaigns/claimed/xss.csv", "<img src=x onerror=alert(1)>", resources(s3_settings),
-                           model_ref=str(model), progress=False)
+    summary = run_campaign(resources(s3_settings), "s3://campaigns/claimed/xss.csv", "<img src=x onerror=alert(1)>",
+                           model=str(model), progress=False)
     app.dependency_overrides[get_user] = lambda: {"username": "tester"}
     try:
         runs = c.get("/api/runs").json()

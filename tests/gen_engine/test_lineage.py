@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from gen_engine.infra.lineage import LineageStore
 
 TABLES = {"datasets", "dataset_versions", "model_versions", "model_aliases", "compiled_engines", "campaigns",
-          "render_runs", "render_outputs", "rejected_rows", "schema_migrations"}
+          "render_runs", "render_outputs", "rejected_rows", "schema_migrations", "model_files"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -59,6 +59,67 @@ def test_dataset_and_model_registry(store: LineageStore) -> None:
                           key={"opset": 17}, report={"max_abs_err": 1e-6})
     store.register_engine("eng-1", "gen-2", backend="onnxruntime", uri="x", sha256="x", key={}, report={})
     assert [e["engine_id"] for e in store.engines("gen-2")] == ["eng-1"]
+
+
+def _at_once(n: int, fn) -> list:
+    """``fn(i)`` for i in range(n) on n threads released together; results (or the exceptions) in order."""
+    import threading
+
+    out: list = [None] * n
+    gate = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        gate.wait()
+        try:
+            out[i] = fn(i)
+        except Exception as e:  # noqa: BLE001 (collected for the assertion)
+            out[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_concurrent_registrations_get_distinct_numbers_and_aliases_never_collide(store: LineageStore) -> None:
+    """Two retrains (or ingests) at once: MAX()+1 numbering used to collide on PostgreSQL, and
+    delete-then-insert aliases failed on the primary key."""
+    models = _at_once(6, lambda i: store.register_model("generator", f"gen-{i}", uri=f"s3://models/gen-{i}/",
+                                                        dataset_version_id=None, config={}, metrics={},
+                                                        code_version="c"))
+    assert sorted(models) == [1, 2, 3, 4, 5, 6], models
+    again = _at_once(4, lambda i: store.register_model("generator", "gen-0", uri="x", dataset_version_id=None,
+                                                       config={}, metrics={}, code_version="c"))
+    assert again == [models[0]] * 4  # the same model registered at once: one version
+    versions = _at_once(6, lambda i: store.record_dataset_version("shapes", f"dv-{i}", uri=f"s3://d/{i}/",
+                                                                  n_records=1, n_rejected=0, config={}, card={}))
+    assert sorted(versions) == [1, 2, 3, 4, 5, 6], versions
+    moved = _at_once(6, lambda i: store.set_alias("generator", "production", f"gen-{i}"))
+    assert moved == [True] * 6
+    assert store.resolve_alias("generator", "production")["model_id"] in {f"gen-{i}" for i in range(6)}
+
+
+def test_alias_compare_and_set_moves_only_from_the_expected_champion(store: LineageStore) -> None:
+    for i in range(3):
+        store.register_model("generator", f"gen-{i}", uri=f"s3://models/gen-{i}/", dataset_version_id=None,
+                             config={}, metrics={}, code_version="c")
+    assert store.set_alias("generator", "production", "gen-0", expect=None)  # none yet: set
+    assert not store.set_alias("generator", "production", "gen-1", expect=None)  # exists now: refused
+    # Two challengers gated against gen-0 promote at once: exactly one moves production.
+    won = _at_once(2, lambda i: store.set_alias("generator", "production", f"gen-{i + 1}", expect="gen-0"))
+    assert sorted(won) == [False, True]
+    assert store.resolve_alias("generator", "production")["model_id"] == f"gen-{won.index(True) + 1}"
+
+
+def test_model_files_are_recorded_and_a_recompile_replaces_an_entry(store: LineageStore) -> None:
+    store.register_model("generator", "gen-1", uri="s3://models/gen-1/", dataset_version_id=None, config={},
+                         metrics={}, code_version="c")
+    store.record_model_files("gen-1", {"generator.safetensors": ("a" * 64, 10), "generator.onnx": ("b" * 64, 5)})
+    store.record_model_files("gen-1", {"generator.onnx": ("c" * 64, 6)})
+    assert store.model_files("gen-1") == {"generator.safetensors": "a" * 64, "generator.onnx": "c" * 64}
+    assert store.model_files("gen-2") == {}
 
 
 def test_unknown_model_in_alias_is_refused(store: LineageStore) -> None:

@@ -69,6 +69,76 @@ def test_claim_race_has_exactly_one_winner(storage: Storage) -> None:
     assert not storage.claim("campaigns", "incoming/race.csv", "claimed/race.csv")  # already gone
 
 
+def test_a_claim_left_by_a_killed_worker_expires_and_is_taken_over(storage: Storage, s3_settings) -> None:
+    """SIGKILL during a claim (after its marker, before the move): the CSV is blocked only for the lease,
+    then claimed by the next claimer; nothing is lost or duplicated."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    storage.put_bytes("campaigns", "incoming/killed.csv", b"prompt\nkilled\n")
+    child = subprocess.Popen([sys.executable, "-c", f"""
+import time
+from gen_engine.config import Settings
+from gen_engine.infra.storage import Storage
+st = Storage.from_settings(Settings(s3_endpoint={s3_settings.s3_endpoint!r},
+    s3_access_key={s3_settings.s3_access_key.get_secret_value()!r},
+    s3_secret_key={s3_settings.s3_secret_key.get_secret_value()!r}, local_dir={str(s3_settings.local_dir)!r}))
+st.client.copy_object = lambda *a, **k: time.sleep(600)  # killed here: marker written, nothing moved
+st.claim("campaigns", "incoming/killed.csv", "claimed/killed.csv", lease_s=2.0)
+"""], env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    try:
+        deadline = time.monotonic() + 60
+        while not storage.exists("campaigns", "claimed/killed.csv.claim"):
+            assert child.poll() is None and time.monotonic() < deadline, "the child never wrote its marker"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        marker = json.loads(storage.get_bytes("campaigns", "claimed/killed.csv.claim"))
+        assert marker["owner"].endswith(f":{child.pid}") and marker["expires_at"] > time.time() - 5
+        assert not storage.claim("campaigns", "incoming/killed.csv", "claimed/killed.csv")  # still leased
+        time.sleep(max(0.0, marker["expires_at"] - time.time()) + 0.2)
+        assert storage.claim("campaigns", "incoming/killed.csv", "claimed/killed.csv")  # taken over
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert storage.get_bytes("campaigns", "claimed/killed.csv") == b"prompt\nkilled\n"
+    assert not storage.exists("campaigns", "incoming/killed.csv")
+    assert not storage.exists("campaigns", "claimed/killed.csv.claim")
+
+
+def test_an_old_style_marker_with_no_expiry_does_not_block_forever(storage: Storage) -> None:
+    storage.put_bytes("campaigns", "incoming/legacy.csv", b"prompt\nx\n")
+    storage.put_bytes("campaigns", "claimed/legacy.csv.claim", b"0123456789abcdef")  # a bare token, as before
+    assert storage.claim("campaigns", "incoming/legacy.csv", "claimed/legacy.csv")
+
+
+def test_a_claim_moves_only_the_listed_content_and_never_deletes_a_newer_upload(storage: Storage,
+                                                                                 monkeypatch) -> None:
+    old = storage.put_bytes("campaigns", "incoming/newer.csv", b"prompt\nold\n").strip('"')
+    storage.put_bytes("campaigns", "incoming/newer.csv", b"prompt\nnew\n")
+    # Listed before the re-upload: the claim of the old content fails and the new one stays for next time.
+    assert not storage.claim("campaigns", "incoming/newer.csv", "claimed/newer.old.csv", etag=old)
+    assert storage.get_bytes("campaigns", "incoming/newer.csv") == b"prompt\nnew\n"
+    assert not storage.exists("campaigns", "claimed/newer.old.csv")
+    # Re-uploaded between the copy and the delete: the copy is the listed content, the newer upload stays.
+    etag = storage.stat("campaigns", "incoming/newer.csv").etag
+    real_delete_if = storage.delete_if
+
+    def upload_then_delete(bucket: str, key: str, tag: str) -> bool:
+        if key == "incoming/newer.csv":
+            storage.put_bytes("campaigns", key, b"prompt\nnewest\n")
+        return real_delete_if(bucket, key, tag)
+
+    monkeypatch.setattr(storage, "delete_if", upload_then_delete)
+    assert storage.claim("campaigns", "incoming/newer.csv", "claimed/newer.new.csv", etag=etag)
+    assert storage.get_bytes("campaigns", "claimed/newer.new.csv") == b"prompt\nnew\n"
+    assert storage.get_bytes("campaigns", "incoming/newer.csv") == b"prompt\nnewest\n"
+    assert not storage.exists("campaigns", "claimed/newer.new.csv.claim")
+
+
 def test_presigned_url_serves_the_object(storage: Storage) -> None:
     storage.put_bytes("renders", "t/presigned.txt", b"hello gallery")
     url = storage.presigned_get("renders", "t/presigned.txt")

@@ -21,8 +21,10 @@ from gen_engine.infra.lineage import LineageStore
 from gen_engine.infra.storage import Storage
 from gen_engine.models.artifact import save_model
 from gen_engine.models.gan import GANConfig, Generator
-from gen_engine.render import campaign as camp
+from gen_engine.orchestration import run_campaign
 from gen_engine.render.imagemeta import DIGITAL_SOURCE_TYPE, read_provenance
+from gen_engine.render.plan import prepare
+from gen_engine.render.shard import RenderEnv, render_shard
 from gen_engine.resources import resources
 
 CSV = """prompt,seed,count,asset_name,size,format,channel
@@ -62,7 +64,7 @@ def all_keys(storage: Storage, bucket: str = "renders") -> set[str]:
 def test_campaign_end_to_end(storage: Storage, s3_settings: Settings, model_id: str) -> None:
     before = all_keys(storage)
     src = put_csv(storage, "e2e.csv", CSV)
-    summary = camp.run_campaign(src, "Spring Sale!", resources(s3_settings), model_ref=model_id, shard_size=3,
+    summary = run_campaign(resources(s3_settings), src, "Spring Sale!", model=model_id, shard_size=3,
                                 progress=False)
     c = summary["counts"]
     assert (c["rows_read"], c["rows_accepted"], c["rows_rejected"], c["rows_blank"]) == (8, 4, 3, 1)
@@ -113,9 +115,9 @@ def test_campaign_end_to_end(storage: Storage, s3_settings: Settings, model_id: 
 
 def test_same_csv_twice_reuses_results(storage: Storage, s3_settings: Settings, model_id: str) -> None:
     src = put_csv(storage, "twice.csv", "prompt,count\na red circle,3\na blue circle,2\n")
-    first = camp.run_campaign(src, "twice", resources(s3_settings), model_ref=model_id, progress=False)
+    first = run_campaign(resources(s3_settings), src, "twice", model=model_id, progress=False)
     etags = {o.key: o.etag for o in storage.list("renders", first["prefix"] + "images/")}
-    second = camp.run_campaign(src, "twice", resources(s3_settings), model_ref=model_id, progress=False)
+    second = run_campaign(resources(s3_settings), src, "twice", model=model_id, progress=False)
     assert first["images_rendered_now"] == 5 and second["images_rendered_now"] == 0
     assert {o.key: o.etag for o in storage.list("renders", first["prefix"] + "images/")} == etags
 
@@ -125,12 +127,12 @@ def test_resume_after_a_failed_shard_has_no_holes_or_duplicates(storage: Storage
     """The S3 upload path fails mid-shard (as when the server goes away); a rerun completes the shard."""
     src = put_csv(storage, "flaky.csv", "prompt,count,asset_name\na red circle,16,a\na blue circle,16,b\n")
     store = Storage.from_settings(s3_settings)
-    plan = camp.prepare(src, "flaky", s3_settings, store, model_ref=model_id)
+    plan = prepare(src, "flaky", s3_settings, store, model_ref=model_id)
     from gen_engine.runtime import load_backend
     from gen_engine.text import shared_encoder
 
     model_dir, model = resources(s3_settings).registry.resolve(model_id)
-    env = camp.RenderEnv(load_backend("torch", model_dir), model, shared_encoder(), batch_size=8, io_threads=2)
+    env = RenderEnv(load_backend("torch", model_dir), model, shared_encoder(), batch_size=8, io_threads=2)
     real_put, calls = store.put_bytes, {"n": 0}
 
     def failing_put(bucket, key, data, **kw):
@@ -143,11 +145,11 @@ def test_resume_after_a_failed_shard_has_no_holes_or_duplicates(storage: Storage
 
     store.put_bytes = failing_put  # type: ignore[method-assign]
     with pytest.raises(Exception, match="cannot reach"):
-        camp.render_shard(plan, 0, s3_settings, store, env)
+        render_shard(plan, 0, s3_settings, store, env)
     partial = storage.list("renders", plan.prefix + "images/")
     assert 0 < len(partial) < 32
     store.put_bytes = real_put  # type: ignore[method-assign]
-    result = camp.render_shard(plan, 0, s3_settings, store, env)
+    result = render_shard(plan, 0, s3_settings, store, env)
     assert result["reused"] == len(partial) and result["rendered"] == 32 - len(partial)
     keys = [o.key for o in storage.list("renders", plan.prefix + "images/")]
     assert len(keys) == len(set(keys)) == 32
@@ -175,7 +177,7 @@ def test_resume_after_sigkill_mid_shard(storage: Storage, s3_settings: Settings,
     assert prefix, "the render never started writing images"
     done_before = len(storage.list("renders", prefix + "images/"))
     assert done_before < 640, "the run finished before it could be killed; make the campaign larger"
-    summary = camp.run_campaign(src, "killed", resources(s3_settings), model_ref=model_id, progress=False)
+    summary = run_campaign(resources(s3_settings), src, "killed", model=model_id, progress=False)
     keys = [o.key for o in storage.list("renders", prefix + "images/")]
     assert len(keys) == len(set(keys)) == 640 == summary["counts"]["images"]
     assert summary["images_rendered_now"] == 640 - done_before
@@ -187,7 +189,7 @@ def test_two_campaigns_in_parallel_do_not_interfere(storage: Storage, s3_setting
     results: dict[str, dict] = {}
 
     def go(name: str) -> None:
-        results[name] = camp.run_campaign(srcs[name], name, resources(s3_settings), model_ref=model_id, progress=False)
+        results[name] = run_campaign(resources(s3_settings), srcs[name], name, model=model_id, progress=False)
 
     threads = [threading.Thread(target=go, args=(n,)) for n in srcs]
     for t in threads:
@@ -200,20 +202,46 @@ def test_two_campaigns_in_parallel_do_not_interfere(storage: Storage, s3_setting
         assert storage.stat("renders", keys[0]).metadata["campaign"] == name
 
 
-def test_new_model_rerenders_instead_of_reusing(storage: Storage, s3_settings: Settings, model_id: str,
-                                                tmp_path) -> None:
+def test_new_model_is_a_new_run_and_never_overwrites_delivered_images(storage: Storage, s3_settings: Settings,
+                                                                        model_id: str, tmp_path) -> None:
     src = put_csv(storage, "newmodel.csv", "prompt,count\na red circle,2\n")
-    first = camp.run_campaign(src, "newmodel", resources(s3_settings), model_ref=model_id, progress=False)
+    first = run_campaign(resources(s3_settings), src, "newmodel", model=model_id, progress=False)
     torch.manual_seed(1)
     d = save_model(tmp_path / "m2", Generator(GANConfig(resolution=16, nf=8)), {"name": "generator"})
     lineage = LineageStore.from_settings(s3_settings)
     m2 = resources(s3_settings).registry.publish(d)["model_id"]
-    second = camp.run_campaign(src, "newmodel", resources(s3_settings), model_ref=m2, progress=False)
-    assert first["prefix"] == second["prefix"] and second["images_rendered_now"] == 2
+    second = run_campaign(resources(s3_settings), src, "newmodel", model=m2, progress=False)
+    assert first["prefix"] != second["prefix"] and second["images_rendered_now"] == 2
     assert second["counts"]["images"] == 2 and lineage.run(second["run_id"])["model_id"] == m2
-    key = second["prefix"] + "images/row000002_0.png"
-    assert storage.stat("renders", key).metadata["model-id"] == m2
-    assert lineage.trace(key)["model_id"] == m2
+    for summary, model in ((first, model_id), (second, m2)):  # both deliveries intact, each its own lineage
+        key = summary["prefix"] + "images/row000002_0.png"
+        assert storage.stat("renders", key).metadata["model-id"] == model
+        assert lineage.trace(key)["model_id"] == model
+        assert len(lineage.run_outputs(summary["run_id"])) == 2
+    again = run_campaign(resources(s3_settings), src, "newmodel", model=model_id, progress=False)
+    assert again["run_id"] == first["run_id"] and again["images_rendered_now"] == 0  # identical work: reused
+
+
+def test_one_csv_in_two_campaigns_is_two_runs_with_their_own_lineage_and_galleries(
+        storage: Storage, s3_settings: Settings, model_id: str) -> None:
+    body = "prompt,count\na blue square,1\na green heart,1\n"
+    src_emea, src_apac = put_csv(storage, "emea.csv", body), put_csv(storage, "apac.csv", body)
+    res = resources(s3_settings)
+    emea = run_campaign(res, src_emea, "emea", model=model_id, progress=False)
+    apac = run_campaign(res, src_apac, "apac", model=model_id, progress=False)
+    assert emea["run_id"] != apac["run_id"]
+    for summary, campaign, csv in ((emea, "emea", "emea.csv"), (apac, "apac", "apac.csv")):
+        run = res.lineage.run(summary["run_id"])
+        assert run["campaign"] == campaign and run["csv_key"].endswith(csv)
+        key = summary["prefix"] + "images/row000002_0.png"
+        assert res.lineage.trace(key)["campaign"] == campaign
+        gallery = storage.get_bytes("renders", summary["prefix"] + "index.html").decode()
+        assert all(o["object_key"].startswith(summary["prefix"]) for o in res.lineage.run_outputs(summary["run_id"]))
+        assert (apac if campaign == "emea" else emea)["prefix"] not in gallery
+    # Re-rendering one with other settings (shard size) is a third run: the others keep their rows and plans.
+    run_campaign(res, src_apac, "apac", model=model_id, shard_size=1, progress=False)
+    assert len(res.lineage.run_outputs(emea["run_id"])) == 2 and len(res.lineage.run_outputs(apac["run_id"])) == 2
+    assert storage.exists("renders", apac["prefix"] + "work/plan.json")
 
 
 def test_resume_after_the_s3_server_stopped_mid_shard(tmp_path, model_id: str, s3_settings: Settings,
@@ -245,10 +273,10 @@ def test_resume_after_the_s3_server_stopped_mid_shard(tmp_path, model_id: str, s
 
         monkeypatch.setattr(Storage, "put_bytes", put_then_outage)
         with pytest.raises(StorageUnavailable, match=server.endpoint):
-            camp.run_campaign(src, "outage", resources(settings), model_ref=str(model_dir), progress=False)
+            run_campaign(resources(settings), src, "outage", model=str(model_dir), progress=False)
         monkeypatch.undo()
         server.start(["campaigns", "renders", "models"])  # back, same data folder and ports
-        summary = camp.run_campaign(src, "outage", resources(settings), model_ref=str(model_dir), progress=False)
+        summary = run_campaign(resources(settings), src, "outage", model=str(model_dir), progress=False)
         keys = [o.key for o in Storage.from_settings(settings).list("renders", summary["prefix"] + "images/")]
         assert len(keys) == len(set(keys)) == 128 == summary["counts"]["images"]
         assert 40 <= summary["images_reused"] < 128
@@ -264,7 +292,7 @@ def test_lineage_command_from_database_and_from_the_png_alone(storage: Storage, 
     from gen_engine.cli import app
 
     src = put_csv(storage, "trace.csv", "prompt,seed,asset_name\na traced circle,77,traced\n")
-    summary = camp.run_campaign(src, "trace", resources(s3_settings), model_ref=model_id, progress=False)
+    summary = run_campaign(resources(s3_settings), src, "trace", model=model_id, progress=False)
     key = summary["prefix"] + "images/traced_0.png"
     for k, v in {"GEN_S3_ENDPOINT": s3_settings.s3_address, "GEN_LOCAL_DIR": str(s3_settings.local_dir),
                  "GEN_S3_ACCESS_KEY": s3_settings.s3_access_key.get_secret_value(),
@@ -294,7 +322,7 @@ def test_non_latin_prompts_survive_csv_png_metadata_manifest_gallery_and_lineage
     rows = "".join(f'"{p}",5,1,{lang}\n' for lang, p in NON_LATIN.items())
     src = put_csv(storage, "scripts.csv", "prompt,seed,count,asset_name\n" + rows)
     res = resources(s3_settings)
-    summary = camp.run_campaign(src, "scripts", res, model_ref=model_id, progress=False)
+    summary = run_campaign(res, src, "scripts", model=model_id, progress=False)
     assert summary["counts"]["rows_accepted"] == 4 and summary["counts"]["rows_rejected"] == 0
     prefix = summary["prefix"]
     man = storage.get_bytes("renders", prefix + "manifest.csv").decode("utf-8-sig")
@@ -315,11 +343,30 @@ def test_a_run_that_fails_while_rendering_is_on_record_as_failed(
     def boom(*_a, **_k):
         raise RuntimeError("the GPU fell off")
 
-    monkeypatch.setattr(camp, "render_shard", boom)
+    monkeypatch.setattr("gen_engine.orchestration.render_planned_shard", boom)
     with pytest.raises(RuntimeError, match="fell off"):
-        camp.run_campaign(src, "doomed", resources(s3_settings), model_ref=model_id, progress=False)
+        run_campaign(resources(s3_settings), src, "doomed", model=model_id, progress=False)
     run = next(r for r in resources(s3_settings).lineage.runs(campaign="doomed"))
     assert run["status"] == "failed" and run["rows_accepted"] == 1 and "fell off" in run["summary_json"]
     monkeypatch.undo()
-    summary = camp.run_campaign(src, "doomed", resources(s3_settings), model_ref=model_id, progress=False)
+    summary = run_campaign(resources(s3_settings), src, "doomed", model=model_id, progress=False)
     assert resources(s3_settings).lineage.run(summary["run_id"])["status"] == "success"
+
+
+def test_one_composer_the_cli_claims_and_files_an_incoming_csv_and_says_what_it_skips(
+        storage: Storage, s3_settings: Settings, model_id: str, tmp_path) -> None:
+    """`genengine render` runs the DAG's steps: a CSV waiting in incoming/ is claimed (so the watcher cannot
+    render it too) and filed under processed/ with its report; a local file is rendered where it is, and
+    the summary says which steps that skipped and why."""
+    res = resources(s3_settings)
+    storage.put_bytes("campaigns", "incoming/cli_drop.csv", b"prompt,count\na red circle,1\n")
+    summary = run_campaign(res, "s3://campaigns/incoming/cli_drop.csv", None, model=model_id, progress=False)
+    assert summary["skipped"] == [] and summary["counts"]["images"] == 1
+    assert not storage.exists("campaigns", "incoming/cli_drop.csv")
+    filed = [o.key for o in storage.list("campaigns", "processed/cli_drop.")]
+    assert len(filed) == 2 and any(k.endswith(".report.json") for k in filed)
+    assert res.lineage.run(summary["run_id"])["csv_key"].startswith("campaigns/claimed/cli_drop.")
+    local = tmp_path / "local.csv"
+    local.write_text("prompt,count\na blue square,1\n")
+    summary = run_campaign(res, str(local), "local", model=model_id, progress=False)
+    assert len(summary["skipped"]) == 1 and "never moved" in summary["skipped"][0] and local.exists()
