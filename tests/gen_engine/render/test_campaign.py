@@ -370,3 +370,51 @@ def test_one_composer_the_cli_claims_and_files_an_incoming_csv_and_says_what_it_
     local.write_text("prompt,count\na blue square,1\n")
     summary = run_campaign(res, str(local), "local", model=model_id, progress=False)
     assert len(summary["skipped"]) == 1 and "never moved" in summary["skipped"][0] and local.exists()
+
+
+def test_the_same_csv_triggered_twice_at_once_renders_once_with_nothing_lost_or_duplicated(
+        storage: Storage, s3_settings: Settings, model_id: str) -> None:
+    """Two DAG runs of one incoming CSV at once (the watcher and a manual trigger): one claims it, the
+    other is refused at the claim; two runs of the claimed key at once write the same run, once."""
+    from gen_engine.orchestration import CampaignFailed, finalize_campaign, plan_campaign, render_planned_shard
+
+    res = resources(s3_settings)
+    body = "prompt,count,asset_name\n" + "".join(f"twin prompt {i},2,twin{i}\n" for i in range(6))
+    storage.put_bytes("campaigns", "incoming/twin.csv", body.encode())
+    params = {"csv_key": "incoming/twin.csv", "model": model_id, "shard_size": 4}
+
+    def dag_run(p: dict) -> dict:
+        plan = plan_campaign(res, p)
+        results = [render_planned_shard(res, plan["plan_key"], s["index"]) for s in plan["shards"]]
+        return finalize_campaign(res, plan["plan_key"], results) | {"run_id": plan["run_id"]}
+
+    outcomes: list = [None, None]
+
+    def go(i: int, p: dict) -> None:
+        try:
+            outcomes[i] = dag_run(p)
+        except CampaignFailed as e:
+            outcomes[i] = e
+
+    for batch in ([params, params], None):
+        outcomes[:] = [None, None]
+        if batch is None:  # now both runs name the claimed key (a retried task and a manual re-run)
+            claimed = next(o.key for o in storage.list("campaigns", "processed/twin.") if o.key.endswith(".csv"))
+            storage.copy("campaigns", claimed, claimed.replace("processed/", "claimed/"))
+            key = claimed.replace("processed/", "claimed/")
+            batch = [{**params, "csv_key": key}] * 2
+        threads = [threading.Thread(target=go, args=(i, p)) for i, p in enumerate(batch)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        done = [o for o in outcomes if isinstance(o, dict)]
+        assert done, outcomes
+        if batch[0]["csv_key"] == "incoming/twin.csv":
+            assert len(done) == 1 and "claimed by another run" in str(next(o for o in outcomes if o is not done[0]))
+        run_id = done[0]["run_id"]
+        keys = [o.key for o in storage.list("renders", done[0]["prefix"] + "images/")]
+        assert len(keys) == len(set(keys)) == 12 == done[0]["counts"]["images"]
+        outputs = res.lineage.run_outputs(run_id)
+        assert len(outputs) == 12 and len({o["object_key"] for o in outputs}) == 12
+    assert not storage.exists("campaigns", "incoming/twin.csv")
