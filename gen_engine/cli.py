@@ -116,10 +116,18 @@ def services_down() -> None:
 @services_app.command("status")
 @friendly
 def services_status() -> None:
-    """Say whether the S3 endpoint answers."""
-    res = resources()
-    res.storage.check()
-    console.print(f"S3 at {res.settings.s3_url}: answering")
+    """Say which local services run, and whether S3 answers (checked only where credentials are set)."""
+    from gen_engine.infra.services import local_status
+
+    s = get_settings()
+    for what, state in local_status(s):
+        console.print(f"{what}: {state}")
+    if s.s3_access_key is None or s.s3_secret_key is None:
+        console.print(f"S3 at {s.s3_url}: not checked, no credentials (set AWS_ACCESS_KEY_ID and "
+                      "AWS_SECRET_ACCESS_KEY, or GEN_S3_ACCESS_KEY / GEN_S3_SECRET_KEY)")
+        return
+    resources().storage.check()
+    console.print(f"S3 at {s.s3_url}: answering, credentials accepted")
 
 
 @dataset_app.command("synth")

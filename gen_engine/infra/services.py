@@ -232,6 +232,24 @@ def _tail(path: Path, n: int = 15) -> str:
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def local_status(settings: Settings) -> list[tuple[str, str]]:
+    """(what, state) for the local processes `services up` / `make demo` start. Reading process state
+    needs no credentials (S3 access is checked apart, by the caller, where they are set)."""
+    out: list[tuple[str, str]] = []
+    if settings.uses_local_s3:
+        pid = LocalS3(settings.local_dir / "s3", S3Ports.from_settings(settings), "", "").pid()
+        out.append(("local S3 server", f"running (pid {pid}, 127.0.0.1:{settings.local_s3_port})" if pid
+                    else "not running (`genengine services up` starts it)"))
+    pid_file = airflow_home(settings) / "standalone.pid"
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, 0)
+        out.append(("airflow standalone", f"running (pid {pid}, http://127.0.0.1:8080)"))
+    except (OSError, ValueError):
+        out.append(("airflow standalone", "not running (`make demo` starts it)"))
+    return out
+
+
 def airflow_home(settings: Settings) -> Path:
     return Path(os.environ.get("AIRFLOW_HOME") or settings.local_dir / "airflow").resolve()
 

@@ -19,6 +19,11 @@ import polars as pl
 
 SUITES = Path(__file__).resolve().parent / "suites"
 log = logging.getLogger(__name__)
+# GX logs dozens of INFO lines of its own on import ("Skipping registering function ... because it is a
+# closure") and per run; the factory logs each validation's outcome itself. GX's warnings and errors
+# still show, and a deployment that sets the "great_expectations" logger's level keeps its choice.
+if logging.getLogger("great_expectations").level == logging.NOTSET:
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
 def load_suite(name: str) -> dict[str, Any]:

@@ -92,3 +92,18 @@ def test_sample_writes_a_grid_of_n_seeds(monkeypatch: pytest.MonkeyPatch, tmp_pa
         assert res.exit_code == 0, res.output
         grids.append(Image.open(tmp_path / name).convert("RGB"))
     assert grids[0].width >= 4 * 16 and grids[0].tobytes() == grids[1].tobytes()
+
+
+def test_services_status_says_what_runs_without_needing_s3_credentials(tmp_path) -> None:
+    """It only asks whether local processes run; S3 access is checked only where credentials are set."""
+    import os
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "GEN_S3_ACCESS_KEY", "GEN_S3_SECRET_KEY",
+                        "GEN_S3_ENDPOINT", "AIRFLOW_HOME")}
+    env |= {"GEN_LOCAL_DIR": str(tmp_path), "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, "-m", "gen_engine.cli", "services", "status"], env=env, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    assert "local S3 server: not running" in out.stdout and "airflow standalone: not running" in out.stdout
+    assert "not checked, no credentials" in out.stdout

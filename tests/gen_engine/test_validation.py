@@ -23,3 +23,17 @@ def test_prompt_suite_fails_on_a_bad_table() -> None:
     assert not res["success"]
     assert failed == {("expect_column_values_to_be_unique", "asset"), ("expect_column_values_to_be_between", "count"),
                       ("expect_column_values_to_be_in_set", "format")}
+
+
+def test_great_expectations_does_not_flood_the_log_at_info() -> None:
+    """`genengine dataset ingest` logs at INFO: GX's own INFO chatter (dozens of lines on import) stays out."""
+    import subprocess
+    import sys
+
+    code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
+            "import polars as pl\nfrom gen_engine.validation import run_suite\n"
+            "print(run_suite(pl.DataFrame({'accepted_records': [5], 'rejected_fraction': [0.0]}), 'dataset_drop')"
+            "['success'])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+    assert "great_expectations" not in out.stderr, out.stderr[:500]
