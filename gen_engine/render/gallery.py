@@ -10,6 +10,7 @@ import html
 from typing import Any
 
 GALLERY_LIMIT = 500
+REJECTED_LIMIT = 500  # rejected rows shown (all are in rejected.csv)
 
 
 def _validation_line(summary: dict[str, Any]) -> str:
@@ -29,7 +30,12 @@ img{width:100%;image-rendering:auto;border-radius:4px}figcaption{font-size:.8rem
 table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}"""
 
 
-def index_html(summary: dict[str, Any], outputs: list[dict[str, Any]], rejected: list[dict[str, Any]]) -> bytes:
+def index_html(summary: dict[str, Any], outputs: list[dict[str, Any]], rejected: list[dict[str, Any]],
+               n_rejected: int | None = None) -> bytes:
+    """The gallery page: ``outputs`` and ``rejected`` are the first ones (the page shows at most
+    `GALLERY_LIMIT` images and `REJECTED_LIMIT` rejected rows); the totals come from ``summary`` and
+    ``n_rejected`` (default ``len(rejected)``)."""
+    n_rejected = len(rejected) if n_rejected is None else n_rejected
     e = html.escape
     prefix_len = len(summary["prefix"])
     figs = []
@@ -39,13 +45,15 @@ def index_html(summary: dict[str, Any], outputs: list[dict[str, Any]], rejected:
             f'<figure><a href="{e(rel)}"><img loading="lazy" src="{e(rel)}" alt="{e(o["prompt"])}"></a>'
             f"<figcaption><b>{e(o['asset'])}_{o['k']}</b> · seed {o['seed']} · row {o['row_number']}<br>"
             f"{e(o['prompt'])}</figcaption></figure>")
-    more = (f"<p>Showing {GALLERY_LIMIT} of {len(outputs)} images; every image is listed in "
-            '<a href="manifest.csv">manifest.csv</a>.</p>') if len(outputs) > GALLERY_LIMIT else ""
+    n_images = summary["counts"]["images"]
+    more = (f"<p>Showing {min(GALLERY_LIMIT, len(outputs))} of {n_images} images; every image is listed in "
+            '<a href="manifest.csv">manifest.csv</a>.</p>') if n_images > min(GALLERY_LIMIT, len(outputs)) else ""
     rej_rows = "".join(f"<tr><td>{r['row_number']}</td><td>{e(r['reason'])}</td>"
-                       f"<td>{e(str(r['fields'].get('prompt', ''))[:120])}</td></tr>" for r in rejected[:500])
-    rej = (f"<h2>Rejected rows ({len(rejected)})</h2><p>All of them, with their original fields, are in "
+                       f"<td>{e(str(r['fields'].get('prompt', ''))[:120])}</td></tr>"
+                       for r in rejected[:REJECTED_LIMIT])
+    rej = (f"<h2>Rejected rows ({n_rejected})</h2><p>All of them, with their original fields, are in "
            f'<a href="rejected.csv">rejected.csv</a>.</p><table><tr><th>row</th><th>reason</th><th>prompt</th></tr>'
-           f"{rej_rows}</table>") if rejected else ""
+           f"{rej_rows}</table>") if n_rejected else ""
     c = summary["counts"]
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>{e(summary['campaign'])} · {e(summary['run_id'])}</title><style>{_CSS}</style></head><body>

@@ -28,9 +28,11 @@ from gen_engine.infra.storage import Storage
 from gen_engine.naming import slugify
 from gen_engine.render import imagemeta
 from gen_engine.render.csvin import PromptCsv, Rejection, RowRules, RowSpec
+from gen_engine.validation import ChunkedSuite
 
 log = logging.getLogger(__name__)
 PART_FORMAT = "shard-{:05d}.jsonl"
+TABLE_CHUNK = 50_000
 
 
 @dataclass
@@ -135,6 +137,7 @@ def prepare(source: str, campaign: str, settings: Settings, store: Storage, *, m
         last_row = 0
         table: dict[str, list[Any]] = {"prompt_chars": [], "seed": [], "count": [], "asset": [], "format": [],
                                        "variety": []}  # light columns for the GX suite (no prompt text)
+        suite = ChunkedSuite("prompt_csv")
         with open(rejected_path, "w", encoding="utf-8") as rej:
             for item in reader:
                 if isinstance(item, Rejection):
@@ -143,6 +146,8 @@ def prepare(source: str, campaign: str, settings: Settings, store: Storage, *, m
                 for col, val in (("prompt_chars", len(item.prompt)), ("seed", item.seed), ("count", item.count),
                                  ("asset", item.asset), ("format", item.format), ("variety", item.variety)):
                     table[col].append(val)
+                if len(table["seed"]) >= TABLE_CHUNK:  # validated a chunk at a time: memory stays flat
+                    suite.add(_light_frame(table))
                 if not current:
                     first_row = item.row_number
                 current.append(json.dumps(asdict(item), ensure_ascii=False) + "\n")
@@ -154,14 +159,8 @@ def prepare(source: str, campaign: str, settings: Settings, store: Storage, *, m
             if current:
                 flush(last_row)
         st = reader.stats
-        validation = {"success": True, "skipped": "no accepted rows"}
-        if st.accepted:
-            import polars as pl
-
-            from gen_engine.validation import run_suite
-
-            validation = run_suite(pl.DataFrame(table, schema_overrides={"seed": pl.Int64}), "prompt_csv")
-        del table
+        suite.add(_light_frame(table))
+        validation = suite.result() if st.accepted else {"success": True, "skipped": "no accepted rows"}
         stats = {"rows_read": st.rows_read, "rows_accepted": st.accepted, "rows_rejected": st.rejected,
                  "rows_blank": st.blank, "images_planned": images, "encoding": st.encoding,
                  "delimiter": st.delimiter, "columns": st.columns}
@@ -176,6 +175,17 @@ def prepare(source: str, campaign: str, settings: Settings, store: Storage, *, m
     log.info("planned %s: %d rows read, %d accepted, %d rejected, %d blank -> %d images in %d shards",
              csv_key, st.rows_read, st.accepted, st.rejected, st.blank, images, len(shards))
     return plan
+
+
+def _light_frame(table: dict[str, list[Any]]) -> Any:
+    """The light columns gathered so far as a polars frame (and the lists emptied)."""
+    import polars as pl
+
+    frame = pl.DataFrame(table, schema={"prompt_chars": pl.Int64, "seed": pl.Int64, "count": pl.Int64,
+                                        "asset": pl.Utf8, "format": pl.Utf8, "variety": pl.Float64})
+    for v in table.values():
+        v.clear()
+    return frame
 
 
 def part_key(plan: Plan, index: int, model_id: str) -> str:

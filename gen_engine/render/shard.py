@@ -59,10 +59,18 @@ def params_digest(params: dict[str, Any], prompt: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def pending_images(plan: Plan, specs: list[RowSpec], env: RenderEnv, store: Storage, bucket: str
+def pending_images(plan: Plan, index: int, specs: list[RowSpec], env: RenderEnv, store: Storage, bucket: str
                    ) -> tuple[list[tuple[RowSpec, int, dict[str, Any], str]], list[dict[str, Any]]]:
-    """Every image of a shard in order, split into (to render, already in S3 with the same parameters)."""
-    existing = {o.key for o in store.list(bucket, plan.prefix + "images/")}
+    """Every image of a shard in order, split into (to render, already in S3 with the same parameters).
+
+    A shard marks itself started (``work/started/``) before it writes its first image: a shard that
+    was never started has nothing to reuse and makes no S3 call per image; a restarted one checks
+    only its own images. (Listing the run's images/ once per shard made list calls grow with the
+    square of the shard count.)"""
+    marker = f"{plan.prefix}work/started/shard-{index:05d}"
+    resuming = store.exists(bucket, marker)
+    if not resuming:
+        store.put_bytes(bucket, marker, b"", content_type="text/plain")
     todo: list[tuple[RowSpec, int, dict[str, Any], str]] = []
     outputs: list[dict[str, Any]] = []
     for spec in specs:
@@ -70,7 +78,7 @@ def pending_images(plan: Plan, specs: list[RowSpec], env: RenderEnv, store: Stor
             params = render_params(plan, spec, k, env)
             digest = params_digest(params, spec.prompt)
             key = object_key(plan, spec, k)
-            if key in existing:
+            if resuming:
                 try:
                     meta = store.stat(bucket, key).metadata
                 except ObjectNotFound:
@@ -93,7 +101,7 @@ def render_shard(plan: Plan, index: int, settings: Settings, store: Storage, env
                 "backend": env.backend.name}
     shard = plan.shards[index]
     t0 = time.monotonic()
-    todo, outputs = pending_images(plan, shard_rows(plan, index, store, settings), env, store, bucket)
+    todo, outputs = pending_images(plan, index, shard_rows(plan, index, store, settings), env, store, bucket)
     reused = len(outputs)
 
     # Text embeddings once per distinct prompt.

@@ -1,5 +1,5 @@
 """Data validation with Great Expectations: the suites are JSON under ``suites/``, the runner is `runner`."""
 
-from gen_engine.validation.runner import SuiteRunner, load_suite, run_suite, upload_docs
+from gen_engine.validation.runner import ChunkedSuite, SuiteRunner, load_suite, run_suite, upload_docs
 
-__all__ = ["SuiteRunner", "load_suite", "run_suite", "upload_docs"]
+__all__ = ["ChunkedSuite", "SuiteRunner", "load_suite", "run_suite", "upload_docs"]

@@ -37,3 +37,23 @@ def test_great_expectations_does_not_flood_the_log_at_info() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
     assert "great_expectations" not in out.stderr, out.stderr[:500]
+
+
+def test_a_suite_over_chunks_checks_every_row_and_fails_on_a_later_chunk() -> None:
+    """`ChunkedSuite` (a big CSV's light columns, 50,000 rows at a time): memory per chunk, every row seen."""
+    import polars as pl
+
+    from gen_engine.validation import ChunkedSuite
+
+    def frame(n: int, count: int) -> pl.DataFrame:
+        return pl.DataFrame({"prompt_chars": [10] * n, "seed": [1] * n, "count": [count] * n,
+                             "asset": [f"a{count}-{i}" for i in range(n)], "format": ["png"] * n,
+                             "variety": [1.0] * n})
+
+    suite = ChunkedSuite("prompt_csv")
+    suite.add(frame(5, 2))
+    suite.add(frame(0, 2))  # an empty chunk is no chunk
+    assert suite.result()["success"] and suite.result()["chunks"] == 1
+    suite.add(frame(3, 99))  # count 99 is out of the suite's range: only the second chunk has it
+    out = suite.result()
+    assert not out["success"] and out["chunks"] == 2 and out["rows_validated"] == 8

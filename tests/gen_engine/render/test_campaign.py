@@ -418,3 +418,23 @@ def test_the_same_csv_triggered_twice_at_once_renders_once_with_nothing_lost_or_
         outputs = res.lineage.run_outputs(run_id)
         assert len(outputs) == 12 and len({o["object_key"] for o in outputs}) == 12
     assert not storage.exists("campaigns", "incoming/twin.csv")
+
+
+def test_shards_do_not_list_the_runs_images(storage: Storage, s3_settings: Settings, model_id: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each shard used to list every image of the run (list calls growing with shards x images); a fresh
+    shard now lists nothing, and a restarted one checks only its own images."""
+    res = resources(s3_settings)
+    src = put_csv(storage, "listing.csv", "prompt,count,asset_name\n" +
+                  "".join(f"listing prompt {i},2,l{i}\n" for i in range(8)))
+    listed: list[str] = []
+    real_list = Storage.list
+
+    def counting_list(self, bucket, prefix="", **kw):
+        listed.append(prefix)
+        return real_list(self, bucket, prefix, **kw)
+
+    monkeypatch.setattr(Storage, "list", counting_list)
+    summary = run_campaign(res, src, "listing", model=model_id, shard_size=4, progress=False)
+    assert summary["shards"] == 4 and summary["counts"]["images"] == 16
+    assert not [p for p in listed if "/images/" in p], listed
