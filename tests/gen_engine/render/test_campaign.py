@@ -438,3 +438,64 @@ def test_shards_do_not_list_the_runs_images(storage: Storage, s3_settings: Setti
     summary = run_campaign(res, src, "listing", model=model_id, shard_size=4, progress=False)
     assert summary["shards"] == 4 and summary["counts"]["images"] == 16
     assert not [p for p in listed if "/images/" in p], listed
+
+
+@pytest.mark.parametrize("fault", ["s3_down_mid_finalize", "lineage_down_mid_run"])
+def test_an_outage_mid_run_then_a_rerun_loses_and_duplicates_nothing(tmp_path, model_id: str, s3_settings: Settings,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     fault: str) -> None:
+    """S3 really stopped while finalize uploads the manifests; or the lineage database failing while
+    outputs are recorded (its connection error, raised where SQLAlchemy would). The rerun completes:
+    every image once in S3, in the manifest and in the lineage store."""
+    import secrets
+
+    import sqlalchemy as sa
+
+    from gen_engine.infra.lineage import LineageStore as Store
+    from gen_engine.infra.services import LocalS3, S3Ports
+
+    server = LocalS3(tmp_path / "s3", S3Ports.free(), "k-" + secrets.token_hex(3), secrets.token_hex(12))
+    server.start(["campaigns", "renders", "models"])
+    try:
+        settings = Settings(s3_endpoint=server.endpoint, s3_access_key=server._access_key,
+                            s3_secret_key=server._secret_key, local_dir=tmp_path / "local", s3_retries=1)
+        store = Storage.from_settings(settings)
+        model_dir, _ = resources(s3_settings).registry.resolve(model_id)
+        src = put_csv(store, "fault.csv", "prompt,count,asset_name\n" +
+                      "".join(f"fault prompt {i},4,f{i}\n" for i in range(6)))
+        if fault == "s3_down_mid_finalize":
+            real_put_file = Storage.put_file
+
+            def put_then_outage(self, bucket, key, path, **kw):
+                out = real_put_file(self, bucket, key, path, **kw)
+                if key.endswith("manifest.parquet"):
+                    server.stop()
+                return out
+
+            monkeypatch.setattr(Storage, "put_file", put_then_outage)
+        else:
+            real_add, calls = Store.add_outputs, {"n": 0}
+
+            def add_then_outage(self, run_id, outputs):
+                calls["n"] += 1
+                if calls["n"] == 2:
+                    raise sa.exc.OperationalError("INSERT INTO render_outputs", {}, Exception("server closed"))
+                return real_add(self, run_id, outputs)
+
+            monkeypatch.setattr(Store, "add_outputs", add_then_outage)
+        with pytest.raises(Exception):  # noqa: B017 (either outage's own error)
+            run_campaign(resources(settings), src, "fault", model=str(model_dir), shard_size=8, progress=False)
+        monkeypatch.undo()
+        if fault == "s3_down_mid_finalize":
+            server.start(["campaigns", "renders", "models"])
+        res = resources(settings)
+        summary = run_campaign(res, src, "fault", model=str(model_dir), shard_size=8, progress=False)
+        keys = [o.key for o in store.list("renders", summary["prefix"] + "images/")]
+        assert len(keys) == len(set(keys)) == 24 == summary["counts"]["images"] and summary["images_reused"] == 24
+        outputs = res.lineage.run_outputs(summary["run_id"])
+        assert sorted(o["object_key"] for o in outputs) == sorted(keys)
+        manifest = pl.read_csv(io.BytesIO(store.get_bytes("renders", summary["prefix"] + "manifest.csv")))
+        assert manifest.height == 24 and manifest["object_key"].n_unique() == 24
+        assert res.lineage.run(summary["run_id"])["status"] == "success"
+    finally:
+        server.stop()
