@@ -8,6 +8,9 @@ and ``state.json`` (step, config, loss history): enough to resume exactly. The i
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +39,25 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
 
 def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optims: dict[str, torch.optim.Optimizer],
                     state: dict[str, Any]) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    for name, m in modules.items():
-        save_file({k: v.detach().contiguous() for k, v in m.state_dict().items()}, path / f"{name}.safetensors")
-    opt_meta = {}
-    for name, opt in optims.items():
-        tensors, meta = optimizer_to_tensors(opt)
-        save_file(tensors, path / f"opt_{name}.safetensors")
-        opt_meta[name] = meta
-    (path / "state.json").write_text(json.dumps({**state, "optimizers": opt_meta}, indent=1))
+    """Write a checkpoint folder atomically: into a temporary sibling, renamed into place when complete,
+    so a process killed mid-save (or a second trainer of the same run) never leaves a half-written
+    ``step_*`` that `latest_checkpoint` would pick and fail to resume from."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.mkdir(parents=True)
+    try:
+        for name, m in modules.items():
+            save_file({k: v.detach().contiguous() for k, v in m.state_dict().items()}, tmp / f"{name}.safetensors")
+        opt_meta = {}
+        for name, opt in optims.items():
+            tensors, meta = optimizer_to_tensors(opt)
+            save_file(tensors, tmp / f"opt_{name}.safetensors")
+            opt_meta[name] = meta
+        (tmp / "state.json").write_text(json.dumps({**state, "optimizers": opt_meta}, indent=1))
+        if path.exists():  # the same step saved again (a resumed run): the new one replaces it
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -59,5 +72,6 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module],
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted((run_dir / "checkpoints").glob("step_*"))
+    """The newest complete checkpoint (temporary folders of an interrupted save are not checkpoints)."""
+    found = sorted(p for p in (run_dir / "checkpoints").glob("step_*") if (p / "state.json").exists())
     return found[-1] if found else None

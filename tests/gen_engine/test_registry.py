@@ -118,3 +118,37 @@ def test_cold_downloads_at_once_on_one_host_share_no_temporary_file(s3_settings:
     assert sorted(p.name for p in cache.iterdir()) == ["generator.safetensors", "model.json"]
     local, _ = resources(host).registry.resolve(row["model_id"])
     assert local == cache
+
+
+def test_two_retrains_at_once_both_register_and_only_one_replaces_the_champion(s3_settings: Settings,
+                                                                               tmp_path: Path) -> None:
+    """Two retrains finishing together (a scheduled one and a manual `genengine train --publish`): their
+    models publish at once with distinct version numbers, and of the two gated against the same champion
+    only the first to promote moves production; the second is told why and changes nothing."""
+    from gen_engine.orchestration import promote
+
+    champion_res, champion = _publish(s3_settings, tmp_path, 20)
+    champion_res.lineage.set_alias("generator", "production", champion["model_id"])
+    dirs = []
+    for seed in (21, 22):
+        torch.manual_seed(seed)
+        dirs.append(save_model(tmp_path / f"challenger-{seed}", Generator(GANConfig(resolution=16, nf=8)),
+                               {"name": "generator"}))
+    rows: list = [None, None]
+    gate = threading.Barrier(2)
+
+    def retrain(i: int) -> None:
+        res = Resources(_host(s3_settings, tmp_path, f"trainer{i}"))
+        gate.wait()
+        rows[i] = res.registry.publish(dirs[i])
+
+    threads = [threading.Thread(target=retrain, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(rows) and sorted(r["version"] for r in rows) == [champion["version"] + 1, champion["version"] + 2]
+    first = promote(champion_res, rows[0]["model_id"], champion["model_id"])
+    second = promote(champion_res, rows[1]["model_id"], champion["model_id"])
+    assert first["promoted"] and not second["promoted"] and rows[0]["model_id"] in second["reason"]
+    assert champion_res.lineage.resolve_alias("generator", "production")["model_id"] == rows[0]["model_id"]
