@@ -13,7 +13,7 @@ Triggered by **campaign_watch**, by the REST API, or by hand with the form below
 from __future__ import annotations
 
 from airflow.sdk import Param, dag, get_current_context, task
-from gen_airflow.dag_defaults import DEFAULT_ARGS, SETTINGS, START
+from gen_airflow.dag_defaults import DEFAULT_ARGS, SETTINGS, START, route
 
 PARAMS = {
     "csv_key": Param("", type="string", description="Key in the campaigns bucket (claimed/… or incoming/…)."),
@@ -43,7 +43,7 @@ def campaign_render():
         return [{"plan_key": plan["plan_key"], "index": s["index"], "rows": f"rows {s['first_row']}-{s['last_row']}"}
                 for s in plan["shards"]]
 
-    @task(pool="render", max_active_tis_per_dag=2, map_index_template="{{ shard_label }}")
+    @task(**route("render"), max_active_tis_per_dag=2, map_index_template="{{ shard_label }}")
     def render_shard(ref: dict) -> dict:
         get_current_context()["shard_label"] = ref["rows"]
         from gen_airflow import call

@@ -4,18 +4,19 @@ Nightly at 02:00 UTC (`GEN_RETRAIN_SCHEDULE`) and whenever a curated dataset is 
 neither the data (latest curated version of `GEN_RETRAIN_DATASET`) nor the training config changed
 since the production model, or when a challenger for this data, config and champion was already
 trained and not promoted.
-Otherwise: **train** (on the `gpu` pool and the `GEN_AIRFLOW_GPU_QUEUE` queue; warm-started from the champion when
-the config says `init_from: production`, the default) -> **evaluate** challenger and
+Otherwise: **train** (pool `gpu`; warm-started from the champion when the config says
+`init_from: production`, the default) -> **evaluate** challenger and
 champion on the same held-out split -> **gate** (promote only if Frechet distance is not worse by more
 than 2% and R-precision not lower by more than 0.02; thresholds in the settings; the first model is
 promoted) -> **promote** (compile to ONNX, TensorRT where present; register the engines; move the
-`production` alias) -> the model Asset is updated.
+`production` alias) -> the model Asset is updated. Train, evaluate and promote run on the queue
+`GEN_AIRFLOW_GPU_QUEUE` when their kind is in `GEN_AIRFLOW_GPU_TASKS` (`Settings.task_route`).
 """
 
 from __future__ import annotations
 
 from airflow.sdk import Asset, AssetAlias, AssetOrTimeSchedule, CronTriggerTimetable, dag, task
-from gen_airflow.dag_defaults import DEFAULT_ARGS, SETTINGS, START
+from gen_airflow.dag_defaults import DEFAULT_ARGS, SETTINGS, START, route
 
 PRODUCTION_MODEL = Asset(name="generator_production", uri="s3://models/generator")
 
@@ -35,7 +36,7 @@ def generator_retrain():
         print(f"retrain: {d['reason']}")
         return d if d["train"] else False
 
-    @task(pool="gpu", queue=SETTINGS.airflow_gpu_queue, retries=1)
+    @task(**route("train"), retries=1)
     def train(decision: dict) -> dict:
         from gen_airflow import call
 
@@ -43,7 +44,7 @@ def generator_retrain():
 
         return call(train_candidate, decision) | {"decision": decision}
 
-    @task
+    @task(**route("evaluate"))
     def evaluate(candidate: dict) -> dict:
         from gen_airflow import call
 
@@ -62,7 +63,7 @@ def generator_retrain():
         champion = (metrics["champion"] or {}).get("model_id")  # promote re-checks it is still the champion
         return {**metrics["challenger"], "gated_against": champion} if promote else False
 
-    @task(outlets=[PRODUCTION_MODEL])
+    @task(**route("compile"), outlets=[PRODUCTION_MODEL])
     def promote(challenger: dict) -> dict:
         from gen_airflow import call
 

@@ -20,6 +20,12 @@ BUCKET_ROLES = ("datasets", "models", "campaigns", "renders")
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Kinds of Airflow task, for queue routing (`Settings.task_route`), and the pool of those that have one
+# (pool `gpu`: one training or evaluation at a time per GPU; pool `render`: the campaign shards).
+TASK_KINDS = ("train", "evaluate", "compile", "render")
+TASK_POOLS = {"train": "gpu", "evaluate": "gpu", "render": "render"}
+
+
 class Settings(BaseSettings):
     """Resolved configuration of the factory (env prefix ``GEN_``)."""
 
@@ -124,7 +130,12 @@ class Settings(BaseSettings):
     # --- Airflow ------------------------------------------------------------------------------------
     airflow_gpu_pool_slots: int = Field(1, ge=1, description="Slots of the Airflow pool `gpu`.")
     airflow_render_pool_slots: int = Field(2, ge=1, description="Slots of the Airflow pool `render`.")
-    airflow_gpu_queue: str = Field("default", description="Celery queue of the training task (a GPU worker's).")
+    airflow_default_queue: str = Field("default", description="Celery queue of every task not routed to the GPU.")
+    airflow_gpu_queue: str = Field("default", description="Celery queue of the GPU worker (the deployment: `gpu`); "
+                                   "the task kinds in airflow_gpu_tasks go to it.")
+    airflow_gpu_tasks: str = Field("train,evaluate,compile,render", description="Task kinds routed to "
+                                   "airflow_gpu_queue, comma-separated, of: train, evaluate, compile, render "
+                                   "(render: the campaign shards).")
     airflow_s3_conn_id: str = "gen_s3"
 
     @field_validator("s3_endpoint")
@@ -138,6 +149,23 @@ class Settings(BaseSettings):
             if v.startswith(scheme):
                 v = v[len(scheme) :]
         return v
+
+    @field_validator("airflow_gpu_tasks")
+    @classmethod
+    def _known_task_kinds(cls, v: str) -> str:
+        unknown = {k.strip() for k in v.split(",") if k.strip()} - set(TASK_KINDS)
+        if unknown:
+            raise ValueError(f"unknown task kind(s) {sorted(unknown)}; known: {', '.join(TASK_KINDS)}")
+        return v
+
+    def task_route(self, kind: str) -> dict[str, str]:
+        """The Airflow queue (and pool, for kinds that have one) of a kind of task: the GPU queue for the
+        kinds in ``airflow_gpu_tasks``, the default queue for the rest (``kind`` "other")."""
+        if kind not in (*TASK_KINDS, "other"):
+            raise ValueError(f"unknown task kind {kind!r}")
+        gpu = {k.strip() for k in self.airflow_gpu_tasks.split(",") if k.strip()}
+        route = {"queue": self.airflow_gpu_queue if kind in gpu else self.airflow_default_queue}
+        return route | ({"pool": TASK_POOLS[kind]} if kind in TASK_POOLS else {})
 
     # --- derived values -----------------------------------------------------------------------------
     @property

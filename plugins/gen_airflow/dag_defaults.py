@@ -22,4 +22,10 @@ DEFAULT_ARGS = {
     "retry_delay": timedelta(seconds=30),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=10),
+    "queue": SETTINGS.airflow_default_queue,
 }
+
+
+def route(kind: str) -> dict[str, str]:
+    """``@task(**route("train"))``: the queue and pool of a kind of task, from the settings."""
+    return SETTINGS.task_route(kind)

@@ -24,7 +24,8 @@ mod = importlib.util.module_from_spec(spec); sys.modules["dagfile"] = mod; spec.
 elapsed = time.perf_counter() - t0
 dags = [d for d, m in DagContext.autoregistered_dags]  # @dag functions called at module level register here
 print(json.dumps({"seconds": elapsed, "dags": [{"dag_id": d.dag_id, "tags": sorted(d.tags), "catchup": d.catchup,
-    "doc": bool(d.doc_md), "retries": {t.task_id: t.retries for t in d.tasks}} for d in dags]}))
+    "doc": bool(d.doc_md), "retries": {t.task_id: t.retries for t in d.tasks},
+    "routes": {t.task_id: [t.queue, t.pool] for t in d.tasks}} for d in dags]}))
 """
 
 
@@ -64,3 +65,32 @@ def test_dagbag_has_no_import_errors(airflow_db: Path) -> None:
     assert set(render.params) >= {"csv_key", "campaign", "backend", "shard_size"}
     # Triggered only: a paused render DAG would leave campaign_watch's triggered runs queued forever.
     assert render.is_paused_upon_creation is False
+
+
+def _routes(env: dict[str, str], tmp_path: Path) -> dict[str, list[str]]:
+    env = os.environ | {"AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"} | env
+    out: dict[str, list[str]] = {}
+    for path in DAG_FILES:
+        res = subprocess.run([sys.executable, "-c", PARSE, str(path), str(REPO / "plugins")], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr[-2000:]
+        (dag,) = json.loads(res.stdout.strip().splitlines()[-1])["dags"]
+        out |= {f"{dag['dag_id']}.{t}": r for t, r in dag["routes"].items()}
+    return out
+
+
+def test_queues_and_pools_come_from_the_settings(tmp_path: Path) -> None:
+    """One machine: every task on the default queue. The deployment (GEN_AIRFLOW_GPU_QUEUE=gpu, as
+    docker/compose.yaml sets): training, evaluation, compile and the render shards on the GPU worker's
+    queue, every other task on the default one; the gpu and render pools where they belong."""
+    local = _routes({}, tmp_path / "local")
+    assert {q for q, _ in local.values()} == {"default"}
+    deployed = _routes({"GEN_AIRFLOW_GPU_QUEUE": "gpu"}, tmp_path / "deployed")
+    on_gpu = {t for t, (q, _) in deployed.items() if q == "gpu"}
+    assert on_gpu == {"generator_retrain.train", "generator_retrain.evaluate", "generator_retrain.promote",
+                      "campaign_render.render_shard"}, on_gpu
+    assert all(deployed[t][0] == "default" for t in set(deployed) - on_gpu)
+    assert deployed["generator_retrain.train"][1] == deployed["generator_retrain.evaluate"][1] == "gpu"
+    assert deployed["campaign_render.render_shard"][1] == "render"
+    only_train = _routes({"GEN_AIRFLOW_GPU_QUEUE": "gpu", "GEN_AIRFLOW_GPU_TASKS": "train"}, tmp_path / "t")
+    assert {t for t, (q, _) in only_train.items() if q == "gpu"} == {"generator_retrain.train"}

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import yaml
 
-DOCKER = Path(__file__).resolve().parents[2] / "docker"
+REPO = Path(__file__).resolve().parents[2]
+DOCKER = REPO / "docker"
 COMPOSE = yaml.safe_load((DOCKER / "compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|TOKEN|ACCESS_KEY|SQL_ALCHEMY_CONN|BROKER_URL|RESULT_BACKEND|DB_URL")
@@ -80,3 +81,36 @@ def test_published_ports_bind_loopback() -> None:
     for name, svc in SERVICES.items():
         for port in svc.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def test_the_gpu_worker_has_its_own_cuda_image_and_the_rest_the_cpu_one() -> None:
+    """One Dockerfile, two builds: CPU torch for every role, CUDA torch + the `gpu` extra (TensorRT) for
+    the GPU worker; the Dockerfile takes both as build arguments and installs the extras it is given."""
+    gpu = SERVICES["airflow-worker-gpu"]
+    args = gpu["build"]["args"]
+    assert "/whl/cu" in args["TORCH_INDEX"] and "gpu" in args["EXTRAS"].split(",")
+    assert gpu["image"] != SERVICES["airflow-worker-cpu"]["image"]
+    for name, svc in SERVICES.items():
+        if name.startswith("airflow") and name != "airflow-worker-gpu":
+            assert "args" not in svc.get("build", {}), name  # the Dockerfile's defaults: CPU torch
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in dockerfile and "ARG EXTRAS=deploy" in dockerfile
+    assert "--index-url ${TORCH_INDEX}" in dockerfile and '".[${EXTRAS}]"' in dockerfile
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(d.startswith("tensorrt") for d in extras["gpu"])
+
+
+def test_every_airflow_service_routes_the_same_task_kinds_to_the_gpu_queue() -> None:
+    """Scheduler and workers must agree on the routing (it is read at parse time by every DAG processor)."""
+    from gen_engine.config import Settings
+
+    routes = set()
+    for name, svc in SERVICES.items():
+        if name.startswith("airflow"):
+            env = svc.get("environment", {})
+            routes.add(Settings(airflow_gpu_queue=env.get("GEN_AIRFLOW_GPU_QUEUE", "default"),
+                                airflow_gpu_tasks=env.get("GEN_AIRFLOW_GPU_TASKS", "train,evaluate,compile,render"),
+                                ).task_route("render")["queue"])
+    assert routes == {"gpu"}

@@ -107,3 +107,13 @@ def test_services_status_says_what_runs_without_needing_s3_credentials(tmp_path)
     assert out.returncode == 0, out.stderr
     assert "local S3 server: not running" in out.stdout and "airflow standalone: not running" in out.stdout
     assert "not checked, no credentials" in out.stdout
+
+
+def test_task_routing_is_typed_and_refuses_unknown_kinds() -> None:
+    s = Settings(airflow_gpu_queue="gpu", airflow_gpu_tasks="train, render")
+    assert s.task_route("train") == {"queue": "gpu", "pool": "gpu"}
+    assert s.task_route("evaluate") == {"queue": "default", "pool": "gpu"}
+    assert s.task_route("render") == {"queue": "gpu", "pool": "render"}
+    assert s.task_route("other") == {"queue": "default"}
+    with pytest.raises(ValueError, match="unknown task kind"):
+        Settings(airflow_gpu_tasks="train,rendering")
