@@ -16,22 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import secrets
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from common import bench_s3, peak_rss_mb, run_child
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 PER_ROW = 10
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child_plan(csv_path: str, campaign: str, model_dir: str) -> dict:
@@ -94,13 +87,6 @@ def child_finalize(plan_key: str, model_dir: str) -> dict:
             "peak_rss_mb": peak_rss_mb()}
 
 
-def run_child(kind: str, env: dict[str, str], *args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", kind, *args], env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"child {kind} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def write_csv(path: Path, rows: int) -> Path:
     with open(path, "w") as f:
         f.write("prompt,count,asset_name,channel\n")
@@ -121,40 +107,31 @@ def main() -> None:
         return
 
     import torch
+    from train_quality import cpu_name
 
-    from gen_engine.infra.services import LocalS3, S3Ports
     from gen_engine.models.artifact import save_model
     from gen_engine.models.gan import GANConfig, Generator
 
-    sys.path.insert(0, str(HERE))
-    from train_quality import cpu_name
-
     sizes = (10_000, 100_000) if a.quick else (100_000, 1_000_000)
-    with tempfile.TemporaryDirectory() as td:
+    buckets = ["campaigns", "renders", "models", "datasets"]
+    with tempfile.TemporaryDirectory() as td, bench_s3(Path(td), buckets) as env:
         tdp = Path(td)
-        server = LocalS3(tdp / "s3", S3Ports.free(), "bench-" + secrets.token_hex(3), secrets.token_hex(12))
-        server.start(["campaigns", "renders", "models", "datasets"])
-        env = os.environ | {"GEN_S3_ENDPOINT": server.endpoint, "GEN_S3_ACCESS_KEY": server._access_key,
-                            "GEN_S3_SECRET_KEY": server._secret_key, "GEN_LOCAL_DIR": str(tdp / "local")}
-        try:
-            torch.manual_seed(0)
-            model_dir = str(save_model(tdp / "model", Generator(GANConfig(resolution=16, nf=8)),
-                                       {"name": "generator", "code_version": "bench"}))
-            out: dict = {"cpu": cpu_name(), "images_per_row": PER_ROW, "runs": {}}
-            for n in sizes:
-                csv_path = write_csv(tdp / f"c{n}.csv", n // PER_ROW)
-                print(f"{n:,} images: plan ...", flush=True)
-                plan = run_child("plan", env, str(csv_path), f"mem{n}", model_dir)
-                print(f"  {plan['seconds']:.0f}s, peak RSS {plan['peak_rss_mb']:.0f} MB; writing the shards' parts ...",
-                      flush=True)
-                run_child("fake_render", env, plan["plan_key"], model_dir)
-                print("  finalize ...", flush=True)
-                fin = run_child("finalize", env, plan["plan_key"], model_dir)
-                print(f"  {fin['seconds']:.0f}s, peak RSS {fin['peak_rss_mb']:.0f} MB", flush=True)
-                assert fin["images"] == n == plan["images"], (fin, plan)
-                out["runs"][str(n)] = {"plan": plan, "finalize": fin}
-        finally:
-            server.stop()
+        torch.manual_seed(0)
+        model_dir = str(save_model(tdp / "model", Generator(GANConfig(resolution=16, nf=8)),
+                                   {"name": "generator", "code_version": "bench"}))
+        out: dict = {"cpu": cpu_name(), "images_per_row": PER_ROW, "runs": {}}
+        for n in sizes:
+            csv_path = write_csv(tdp / f"c{n}.csv", n // PER_ROW)
+            print(f"{n:,} images: plan ...", flush=True)
+            plan = run_child(__file__, "plan", env, str(csv_path), f"mem{n}", model_dir)
+            print(f"  {plan['seconds']:.0f}s, peak RSS {plan['peak_rss_mb']:.0f} MB; writing the shards' parts ...",
+                  flush=True)
+            run_child(__file__, "fake_render", env, plan["plan_key"], model_dir)
+            print("  finalize ...", flush=True)
+            fin = run_child(__file__, "finalize", env, plan["plan_key"], model_dir)
+            print(f"  {fin['seconds']:.0f}s, peak RSS {fin['peak_rss_mb']:.0f} MB", flush=True)
+            assert fin["images"] == n == plan["images"], (fin, plan)
+            out["runs"][str(n)] = {"plan": plan, "finalize": fin}
     small, big = (out["runs"][str(n)] for n in sizes)
     growth = {s: big[s]["peak_rss_mb"] / small[s]["peak_rss_mb"] - 1 for s in ("plan", "finalize")}
     out["growth"] = growth

@@ -15,21 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import secrets
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from common import bench_s3, peak_rss_mb, run_child
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --- children ---------------------------------------------------------------------------------------
@@ -82,13 +76,6 @@ def child_plan(csv_path: str) -> dict:
 
 
 # --- driver ---------------------------------------------------------------------------------------------
-def run_child(kind: str, env: dict[str, str], *args: str) -> dict:
-    res = subprocess.run([sys.executable, __file__, "--child", kind, *args], env=env, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise SystemExit(f"child {kind} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 def write_csv(path: Path, rows: int, count: int) -> Path:
     with open(path, "w") as f:
         f.write("prompt,count,asset_name,seed\n")
@@ -113,41 +100,34 @@ def main() -> None:
 
     import torch
 
-    from gen_engine.infra.services import LocalS3, S3Ports
     from gen_engine.models.artifact import save_model
     from gen_engine.models.gan import GANConfig, Generator
 
     big = 2000 if a.quick else 20000
     plan_rows = 100_000 if a.quick else 1_000_000
-    with tempfile.TemporaryDirectory() as td:
+    buckets = ["campaigns", "renders", "models", "datasets"]
+    with tempfile.TemporaryDirectory() as td, bench_s3(Path(td), buckets) as env:
         tdp = Path(td)
-        server = LocalS3(tdp / "s3", S3Ports.free(), "bench-" + secrets.token_hex(3), secrets.token_hex(12))
-        server.start(["campaigns", "renders", "models", "datasets"])
-        env = os.environ | {"GEN_S3_ENDPOINT": server.endpoint, "GEN_S3_ACCESS_KEY": server._access_key,
-                            "GEN_S3_SECRET_KEY": server._secret_key, "GEN_LOCAL_DIR": str(tdp / "local")}
-        try:
-            torch.manual_seed(0)
-            model_dir = save_model(tdp / "model", Generator(GANConfig(resolution=64, nf=32)),
-                                   {"name": "generator", "code_version": "bench"})
-            out: dict = {"machine": {"cpus": os.cpu_count()}, "generator": "64 px, nf=32",
-                         "backend_requested": a.backend}
-            print("pure inference ...", flush=True)
-            out["pure"] = run_child("pure", env, str(model_dir), "2048", a.backend)
-            print(f"  {out['pure']['images_per_s']:.1f} images/s", flush=True)
-            for n in sorted({2000, big}):  # 2,000 vs the big one: peak RSS must not grow with the campaign
-                csv_path = write_csv(tdp / f"c{n}.csv", n // 16, 16)
-                print(f"campaign {n} images ...", flush=True)
-                out[f"campaign_{n}"] = r = run_child("campaign", env, str(csv_path), f"bench{n}", str(model_dir),
-                                                     a.backend)
-                r["ratio_to_pure"] = r["images_per_s"] / out["pure"]["images_per_s"]
-                print(f"  {r['images_per_s']:.1f} images/s ({r['ratio_to_pure']:.1%} of pure), "
-                      f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
-            print(f"planning {plan_rows} rows ...", flush=True)
-            csv_path = write_csv(tdp / "plan.csv", plan_rows, 1)
-            out["plan"] = run_child("plan", env, str(csv_path))
-            print(f"  {out['plan']['seconds']:.0f}s, peak RSS {out['plan']['peak_rss_mb']:.0f} MB", flush=True)
-        finally:
-            server.stop()
+        torch.manual_seed(0)
+        model_dir = save_model(tdp / "model", Generator(GANConfig(resolution=64, nf=32)),
+                               {"name": "generator", "code_version": "bench"})
+        out: dict = {"machine": {"cpus": os.cpu_count()}, "generator": "64 px, nf=32",
+                     "backend_requested": a.backend}
+        print("pure inference ...", flush=True)
+        out["pure"] = run_child(__file__, "pure", env, str(model_dir), "2048", a.backend)
+        print(f"  {out['pure']['images_per_s']:.1f} images/s", flush=True)
+        for n in sorted({2000, big}):  # 2,000 vs the big one: peak RSS must not grow with the campaign
+            csv_path = write_csv(tdp / f"c{n}.csv", n // 16, 16)
+            print(f"campaign {n} images ...", flush=True)
+            out[f"campaign_{n}"] = r = run_child(__file__, "campaign", env, str(csv_path), f"bench{n}",
+                                                 str(model_dir), a.backend)
+            r["ratio_to_pure"] = r["images_per_s"] / out["pure"]["images_per_s"]
+            print(f"  {r['images_per_s']:.1f} images/s ({r['ratio_to_pure']:.1%} of pure), "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        print(f"planning {plan_rows} rows ...", flush=True)
+        csv_path = write_csv(tdp / "plan.csv", plan_rows, 1)
+        out["plan"] = run_child(__file__, "plan", env, str(csv_path))
+        print(f"  {out['plan']['seconds']:.0f}s, peak RSS {out['plan']['peak_rss_mb']:.0f} MB", flush=True)
 
     RESULTS.mkdir(exist_ok=True)
     name = "campaign_throughput" + ("_quick" if a.quick else "")
