@@ -99,38 +99,37 @@ class ModelRegistry:
                              "Train and publish one first (`genengine train ... --publish`).")
         local = self.settings.local_dir / "cache" / "models" / row["model_id"]
         prefix = row["uri"].removeprefix(f"s3://{self.settings.bucket_models}/")
-        expected = self._expected_hashes(row)
+        recorded = self.lineage.model_files(row["model_id"])
+        if recorded:  # every file it has in S3, each with its hash: nothing to look up, nothing else trusted
+            for f, sha in recorded.items():
+                self._materialise(prefix, local, f, sha, row["model_id"])
+        else:
+            self._materialise_legacy(prefix, local, row)
+        return local, row
+
+    def _materialise_legacy(self, prefix: str, local: Path, row: dict[str, Any]) -> None:
+        """A version published before file hashes were recorded: the files that exist in S3, engines
+        checked by their registered sha256, the weights by the model id (a hash of them)."""
+        bucket = self.settings.bucket_models
+        engines = {e["uri"].rsplit("/", 1)[-1]: e["sha256"] for e in self.lineage.engines(row["model_id"])
+                   if e["uri"].startswith(row["uri"])}  # shared files (the text encoder) are not the model's
         for f in MODEL_FILES:
-            self._materialise(prefix, local, f, expected.get(f), row["model_id"])
+            self._materialise(prefix, local, f, None, row["model_id"])
         for f in OPTIONAL_FILES:
-            if (f in expected or (local / f).exists()
-                    or self.store.exists(self.settings.bucket_models, prefix + f)):
-                self._materialise(prefix, local, f, expected.get(f), row["model_id"])
-        # Compiled artifacts travel with the model when they exist (registered engines).
-        for eng in self.lineage.engines(row["model_id"]):
-            name = eng["uri"].rsplit("/", 1)[-1]
-            if not eng["uri"].startswith(row["uri"]):
-                continue  # shared files (the text encoder) are not part of the model folder
+            if (local / f).exists() or self.store.exists(bucket, prefix + f):
+                self._materialise(prefix, local, f, None, row["model_id"])
+        for name, sha in engines.items():
             for f in [name, *(c for c in COMPILED_FILES if c.startswith(name) and c != name)]:
-                if f in expected or self.store.exists(self.settings.bucket_models, prefix + f):
-                    self._materialise(prefix, local, f, expected.get(f), row["model_id"])
-        if model_id_for(local, row["name"]) != row["model_id"]:  # versions published before model_files
+                if f == name or self.store.exists(bucket, prefix + f):
+                    self._materialise(prefix, local, f, sha if f == name else None, row["model_id"])
+        if model_id_for(local, row["name"]) != row["model_id"]:
             (local / "generator.safetensors").unlink()
             self._materialise(prefix, local, "generator.safetensors", None, row["model_id"])
             if model_id_for(local, row["name"]) != row["model_id"]:
                 (local / "generator.safetensors").unlink()
-                raise ArtifactMismatch(f"model {row['model_id']}: the weights in s3://{self.settings.bucket_models}/"
-                                       f"{prefix} hash to another model id: the object was changed after it was "
-                                       "published. Publish the model again; it is not used as it is.")
-        return local, row
-
-    def _expected_hashes(self, row: dict[str, Any]) -> dict[str, str]:
-        """file -> sha256 the registry recorded: the model's files, then its engines' files."""
-        expected = {}
-        for eng in self.lineage.engines(row["model_id"]):
-            if eng["uri"].startswith(row["uri"]):
-                expected[eng["uri"].rsplit("/", 1)[-1]] = eng["sha256"]
-        return expected | self.lineage.model_files(row["model_id"])
+                raise ArtifactMismatch(f"model {row['model_id']}: the weights in s3://{bucket}/{prefix} hash to "
+                                       "another model id: the object was changed after it was published. "
+                                       "Publish the model again; it is not used as it is.")
 
     def _materialise(self, prefix: str, local: Path, f: str, sha: str | None, model_id: str) -> None:
         """``local/f`` as the registry recorded it: a matching cache hit is kept, anything else is

@@ -79,7 +79,8 @@ def unsafe_member_reason(name: str, kind: str = "file") -> str | None:
 # --- archive access -------------------------------------------------------------------------------------
 MiB = 1024 * 1024
 CHUNK = MiB
-RATIO_FLOOR = MiB  # members (or archives) smaller than this are not judged by their compression ratio
+RATIO_FLOOR = MiB  # zip members smaller than this are not judged by their compression ratio
+TAR_RATIO_FLOOR = 64 * MiB  # nor is a compressed tar until it has expanded this far
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class Archive:
         Raises `DropError` when the archive as a whole breaks a limit or cannot be read on."""
         cap = cap or (lambda _: self.limits.member_bytes)
         count = total = 0
+        packed = self.path.stat().st_size if self.kind == "tar" else 0  # a compressed tar's size on disk
 
         def account(m: Member) -> None:
             nonlocal count, total
@@ -160,8 +162,7 @@ class Archive:
             if total > lim.total_bytes:
                 raise DropError(f"{self.path.name} expands to more than {lim.total_bytes:,} bytes (the limit; "
                                 "an archive bomb or a drop to split into several)")
-            packed = self.path.stat().st_size if self.kind == "tar" else 0
-            if packed and total > max(RATIO_FLOOR, 64 * MiB) and total > lim.ratio * packed:
+            if packed and total > TAR_RATIO_FLOOR and total > lim.ratio * packed:
                 raise DropError(f"{self.path.name} expands {total / packed:.0f}x (more than {lim.ratio:.0f}x, "
                                 "the compression-ratio limit): an archive bomb is refused")
 
