@@ -49,6 +49,15 @@ def _zip(path: Path, members: dict[str, bytes], compression: int = zipfile.ZIP_D
     return path
 
 
+def _tar(path: Path, members: dict[str, bytes], mode: str = "w:gz") -> Path:
+    with tarfile.open(path, mode) as t:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return path
+
+
 def _patch_zip(path: Path, name: str, *, flag_bits: int | None = None, file_size: int | None = None) -> None:
     """Rewrite fields of one member in both its local header and the central directory."""
     raw = bytearray(path.read_bytes())
@@ -108,17 +117,8 @@ def test_corrupt_and_encrypted_members_are_rejected_records(tmp_path: Path) -> N
 
 
 def test_a_compressed_tar_that_expands_past_the_limits_is_refused_as_a_whole(tmp_path: Path) -> None:
-    path = tmp_path / "bomb.tar.gz"
-    with tarfile.open(path, "w:gz") as t:
-        for i in range(3):
-            data = b"\0" * (30 * MiB)
-            info = tarfile.TarInfo(f"{i}.png")
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
-        meta = _meta("0.png").encode()
-        info = tarfile.TarInfo("metadata.jsonl")
-        info.size = len(meta)
-        t.addfile(info, io.BytesIO(meta))
+    path = _tar(tmp_path / "bomb.tar.gz", {**{f"{i}.png": b"\0" * (30 * MiB) for i in range(3)},
+                                           "metadata.jsonl": _meta("0.png").encode()})
     with pytest.raises(DropError, match=r"expands \d+x .*archive bomb"):
         _items(path)
     with pytest.raises(DropError, match="expands to more than 1,048,576 bytes"):
@@ -137,17 +137,8 @@ def test_member_count_and_metadata_size_limits(tmp_path: Path) -> None:
 
 
 def test_a_truncated_tar_is_a_drop_error_naming_where_it_broke(tmp_path: Path) -> None:
-    path = tmp_path / "cut.tar.gz"
-    with tarfile.open(path, "w:gz") as t:
-        for i in range(4):
-            data = _png(i) + bytes(range(256)) * 200
-            info = tarfile.TarInfo(f"{i}.png")
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
-        meta = _meta("0.png").encode()
-        info = tarfile.TarInfo("metadata.jsonl")
-        info.size = len(meta)
-        t.addfile(info, io.BytesIO(meta))
+    path = _tar(tmp_path / "cut.tar.gz", {**{f"{i}.png": _png(i) + bytes(range(256)) * 200 for i in range(4)},
+                                          "metadata.jsonl": _meta("0.png").encode()})
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(DropError, match="truncated or corrupt"):
         _items(path)
@@ -175,12 +166,7 @@ def test_deeply_nested_json_is_a_rejected_line_and_a_huge_csv_cell_a_drop_error(
     ok, bad = _items(path)
     assert [r.source for r in ok] == ["a.png", "b.png"]
     assert bad[0].source == "metadata.jsonl:2" and "nests JSON too deeply" in bad[0].reason
-    wds = tmp_path / "wds.tar"
-    with tarfile.open(wds, "w") as t:
-        for name, data in (("k.png", _png()), ("k.json", ('{"caption": ' + deep + "}").encode())):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
+    wds = _tar(tmp_path / "wds.tar", {"k.png": _png(), "k.json": ('{"caption": ' + deep + "}").encode()}, "w")
     ok, bad = _items(wds)
     assert not ok and "caption JSON" in bad[0].reason
     huge = _zip(tmp_path / "csv.zip", {"a.png": _png(), "metadata.csv": (
