@@ -6,11 +6,13 @@ import html
 import io
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import polars as pl
 import pytest
@@ -18,6 +20,7 @@ import torch
 
 from gen_engine.config import Settings
 from gen_engine.infra.lineage import LineageStore
+from gen_engine.infra.services import LocalS3, S3Ports
 from gen_engine.infra.storage import Storage
 from gen_engine.models.artifact import save_model
 from gen_engine.models.gan import GANConfig, Generator
@@ -50,6 +53,15 @@ def model_id(s3_settings: Settings, tmp_path_factory: pytest.TempPathFactory) ->
     lineage.record_dataset_version("shapes", "dv-test", uri="s3://datasets/curated/shapes/v1/", n_records=1,
                                    n_rejected=0, config={}, card={})
     return resources(s3_settings).registry.publish(d, dataset_version_id="dv-test")["model_id"]
+
+
+@pytest.fixture()
+def private_s3(tmp_path) -> Iterator[LocalS3]:
+    """An S3 server of the test's own, which it may stop and start again (same data folder and ports)."""
+    server = LocalS3(tmp_path / "s3", S3Ports.free(), "k-" + secrets.token_hex(3), secrets.token_hex(12))
+    server.start(["campaigns", "renders", "models"])
+    yield server
+    server.stop()
 
 
 def put_csv(storage: Storage, name: str, text: str) -> str:
@@ -245,43 +257,36 @@ def test_one_csv_in_two_campaigns_is_two_runs_with_their_own_lineage_and_galleri
 
 
 def test_resume_after_the_s3_server_stopped_mid_shard(tmp_path, model_id: str, s3_settings: Settings,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                      monkeypatch: pytest.MonkeyPatch, private_s3) -> None:
     """A private S3 server is really stopped during a shard's uploads, restarted, and the rerun completes."""
-    import secrets
-
-    from gen_engine.infra.services import LocalS3, S3Ports
     from gen_engine.infra.storage import StorageUnavailable
 
-    server = LocalS3(tmp_path / "s3", S3Ports.free(), "k-" + secrets.token_hex(3), secrets.token_hex(12))
-    server.start(["campaigns", "renders", "models"])
-    try:
-        settings = Settings(s3_endpoint=server.endpoint, s3_access_key=server._access_key,
-                            s3_secret_key=server._secret_key, local_dir=tmp_path / "local", s3_retries=2)
-        store = Storage.from_settings(settings)
-        model_dir, _ = resources(s3_settings).registry.resolve(model_id)
-        src = put_csv(store, "outage.csv", "prompt,count,asset_name\n" +
-                      "".join(f"outage prompt {i},16,a{i}\n" for i in range(8)))
-        real_put, uploads = Storage.put_bytes, {"n": 0}
+    server = private_s3
+    settings = Settings(s3_endpoint=server.endpoint, s3_access_key=server._access_key,
+                        s3_secret_key=server._secret_key, local_dir=tmp_path / "local", s3_retries=2)
+    store = Storage.from_settings(settings)
+    model_dir, _ = resources(s3_settings).registry.resolve(model_id)
+    src = put_csv(store, "outage.csv", "prompt,count,asset_name\n" +
+                  "".join(f"outage prompt {i},16,a{i}\n" for i in range(8)))
+    real_put, uploads = Storage.put_bytes, {"n": 0}
 
-        def put_then_outage(self, bucket, key, data, **kw):
-            out = real_put(self, bucket, key, data, **kw)
-            if "/images/" in key:
-                uploads["n"] += 1
-                if uploads["n"] == 40:
-                    server.stop()  # the real server goes away mid-shard
-            return out
+    def put_then_outage(self, bucket, key, data, **kw):
+        out = real_put(self, bucket, key, data, **kw)
+        if "/images/" in key:
+            uploads["n"] += 1
+            if uploads["n"] == 40:
+                server.stop()  # the real server goes away mid-shard
+        return out
 
-        monkeypatch.setattr(Storage, "put_bytes", put_then_outage)
-        with pytest.raises(StorageUnavailable, match=server.endpoint):
-            run_campaign(resources(settings), src, "outage", model=str(model_dir), progress=False)
-        monkeypatch.undo()
-        server.start(["campaigns", "renders", "models"])  # back, same data folder and ports
-        summary = run_campaign(resources(settings), src, "outage", model=str(model_dir), progress=False)
-        keys = [o.key for o in Storage.from_settings(settings).list("renders", summary["prefix"] + "images/")]
-        assert len(keys) == len(set(keys)) == 128 == summary["counts"]["images"]
-        assert 40 <= summary["images_reused"] < 128
-    finally:
-        server.stop()
+    monkeypatch.setattr(Storage, "put_bytes", put_then_outage)
+    with pytest.raises(StorageUnavailable, match=server.endpoint):
+        run_campaign(resources(settings), src, "outage", model=str(model_dir), progress=False)
+    monkeypatch.undo()
+    server.start(["campaigns", "renders", "models"])  # back, same data folder and ports
+    summary = run_campaign(resources(settings), src, "outage", model=str(model_dir), progress=False)
+    keys = [o.key for o in Storage.from_settings(settings).list("renders", summary["prefix"] + "images/")]
+    assert len(keys) == len(set(keys)) == 128 == summary["counts"]["images"]
+    assert 40 <= summary["images_reused"] < 128
 
 
 def test_lineage_command_from_database_and_from_the_png_alone(storage: Storage, s3_settings: Settings,
@@ -443,59 +448,52 @@ def test_shards_do_not_list_the_runs_images(storage: Storage, s3_settings: Setti
 @pytest.mark.parametrize("fault", ["s3_down_mid_finalize", "lineage_down_mid_run"])
 def test_an_outage_mid_run_then_a_rerun_loses_and_duplicates_nothing(tmp_path, model_id: str, s3_settings: Settings,
                                                                      monkeypatch: pytest.MonkeyPatch,
-                                                                     fault: str) -> None:
+                                                                     fault: str, private_s3) -> None:
     """S3 really stopped while finalize uploads the manifests; or the lineage database failing while
     outputs are recorded (its connection error, raised where SQLAlchemy would). The rerun completes:
     every image once in S3, in the manifest and in the lineage store."""
-    import secrets
-
     import sqlalchemy as sa
 
     from gen_engine.infra.lineage import LineageStore as Store
-    from gen_engine.infra.services import LocalS3, S3Ports
 
-    server = LocalS3(tmp_path / "s3", S3Ports.free(), "k-" + secrets.token_hex(3), secrets.token_hex(12))
-    server.start(["campaigns", "renders", "models"])
-    try:
-        settings = Settings(s3_endpoint=server.endpoint, s3_access_key=server._access_key,
-                            s3_secret_key=server._secret_key, local_dir=tmp_path / "local", s3_retries=1)
-        store = Storage.from_settings(settings)
-        model_dir, _ = resources(s3_settings).registry.resolve(model_id)
-        src = put_csv(store, "fault.csv", "prompt,count,asset_name\n" +
-                      "".join(f"fault prompt {i},4,f{i}\n" for i in range(6)))
-        if fault == "s3_down_mid_finalize":
-            real_put_file = Storage.put_file
+    server = private_s3
+    settings = Settings(s3_endpoint=server.endpoint, s3_access_key=server._access_key,
+                        s3_secret_key=server._secret_key, local_dir=tmp_path / "local", s3_retries=1)
+    store = Storage.from_settings(settings)
+    model_dir, _ = resources(s3_settings).registry.resolve(model_id)
+    src = put_csv(store, "fault.csv", "prompt,count,asset_name\n" +
+                  "".join(f"fault prompt {i},4,f{i}\n" for i in range(6)))
+    if fault == "s3_down_mid_finalize":
+        real_put_file = Storage.put_file
 
-            def put_then_outage(self, bucket, key, path, **kw):
-                out = real_put_file(self, bucket, key, path, **kw)
-                if key.endswith("manifest.parquet"):
-                    server.stop()
-                return out
+        def put_then_outage(self, bucket, key, path, **kw):
+            out = real_put_file(self, bucket, key, path, **kw)
+            if key.endswith("manifest.parquet"):
+                server.stop()
+            return out
 
-            monkeypatch.setattr(Storage, "put_file", put_then_outage)
-        else:
-            real_add, calls = Store.add_outputs, {"n": 0}
+        monkeypatch.setattr(Storage, "put_file", put_then_outage)
+    else:
+        real_add, calls = Store.add_outputs, {"n": 0}
 
-            def add_then_outage(self, run_id, outputs):
-                calls["n"] += 1
-                if calls["n"] == 2:
-                    raise sa.exc.OperationalError("INSERT INTO render_outputs", {}, Exception("server closed"))
-                return real_add(self, run_id, outputs)
+        def add_then_outage(self, run_id, outputs):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise sa.exc.OperationalError("INSERT INTO render_outputs", {}, Exception("server closed"))
+            return real_add(self, run_id, outputs)
 
-            monkeypatch.setattr(Store, "add_outputs", add_then_outage)
-        with pytest.raises(Exception):  # noqa: B017 (either outage's own error)
-            run_campaign(resources(settings), src, "fault", model=str(model_dir), shard_size=8, progress=False)
-        monkeypatch.undo()
-        if fault == "s3_down_mid_finalize":
-            server.start(["campaigns", "renders", "models"])
-        res = resources(settings)
-        summary = run_campaign(res, src, "fault", model=str(model_dir), shard_size=8, progress=False)
-        keys = [o.key for o in store.list("renders", summary["prefix"] + "images/")]
-        assert len(keys) == len(set(keys)) == 24 == summary["counts"]["images"] and summary["images_reused"] == 24
-        outputs = res.lineage.run_outputs(summary["run_id"])
-        assert sorted(o["object_key"] for o in outputs) == sorted(keys)
-        manifest = pl.read_csv(io.BytesIO(store.get_bytes("renders", summary["prefix"] + "manifest.csv")))
-        assert manifest.height == 24 and manifest["object_key"].n_unique() == 24
-        assert res.lineage.run(summary["run_id"])["status"] == "success"
-    finally:
-        server.stop()
+        monkeypatch.setattr(Store, "add_outputs", add_then_outage)
+    with pytest.raises(Exception):  # noqa: B017 (either outage's own error)
+        run_campaign(resources(settings), src, "fault", model=str(model_dir), shard_size=8, progress=False)
+    monkeypatch.undo()
+    if fault == "s3_down_mid_finalize":
+        server.start(["campaigns", "renders", "models"])
+    res = resources(settings)
+    summary = run_campaign(res, src, "fault", model=str(model_dir), shard_size=8, progress=False)
+    keys = [o.key for o in store.list("renders", summary["prefix"] + "images/")]
+    assert len(keys) == len(set(keys)) == 24 == summary["counts"]["images"] and summary["images_reused"] == 24
+    outputs = res.lineage.run_outputs(summary["run_id"])
+    assert sorted(o["object_key"] for o in outputs) == sorted(keys)
+    manifest = pl.read_csv(io.BytesIO(store.get_bytes("renders", summary["prefix"] + "manifest.csv")))
+    assert manifest.height == 24 and manifest["object_key"].n_unique() == 24
+    assert res.lineage.run(summary["run_id"])["status"] == "success"
