@@ -22,6 +22,9 @@ PARAMS = {
     "shard_size": Param(SETTINGS.render_shard_size, type="integer", minimum=1, maximum=100_000,
                         description="Images per shard."),
     "model": Param("production", type="string", description="Model alias or id."),
+    "label": Param("", enum=["", "none", "corner", "edge"],
+                   description="Visible AI label of rows without a `label` column value; empty: the deployment's "
+                               "default (GEN_RENDER_LABEL)."),
 }
 
 

@@ -372,13 +372,15 @@ def render(
     shard_size: int = typer.Option(get_settings().render_shard_size, min=1,
                                    help="Images per shard (GEN_RENDER_SHARD_SIZE)."),
     model: str = typer.Option("production", help="Alias, model id, or a local model folder."),
+    label: str = typer.Option("", help="Visible AI label of rows that name none in a `label` column: none, corner "
+                                       "or edge (default: GEN_RENDER_LABEL)."),
 ) -> None:
     """Render a prompt CSV into s3://renders/<campaign>/<run>/: the campaign_render DAG's steps in one
     process (a CSV in incoming/ is claimed and filed; any other source is read where it is)."""
     from gen_engine.orchestration import run_campaign
 
     res = resources()
-    summary = run_campaign(res, source, campaign, model=model, backend=backend, shard_size=shard_size)
+    summary = run_campaign(res, source, campaign, model=model, backend=backend, shard_size=shard_size, label=label)
     c = summary["counts"]
     console.print(f"{c['rows_read']} rows read = {c['rows_accepted']} accepted + {c['rows_rejected']} rejected + "
                   f"{c['rows_blank']} blank; {c['images']} images "
@@ -413,6 +415,56 @@ def lineage_cmd(
     else:
         trace = {"source": "lineage store", **trace}
     typer.echo(json.dumps(trace, indent=2, default=str, ensure_ascii=False))
+
+
+@app.command()
+@friendly
+def verify(
+    target: str = typer.Argument(..., help="An image: a local file, s3://bucket/key, or a key in the renders bucket."),
+    trust: Path | None = typer.Option(None, help="PEM root certificates to require the signer to chain to "
+                                                 "(default: GEN_C2PA_TRUST_ANCHORS; none: any valid signature)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+) -> None:
+    """Check an image's provenance: the C2PA manifest (signature, hashes, signer), the IPTC digital source
+    type, the GB 45438 AIGC label, the visible label and the embedded lineage.
+
+    Exit status: 0 all claims hold; 1 a claim does not (a manifest that fails validation or is missing
+    where the lineage says it was signed, a broken AIGC label, an untrusted signer with --trust);
+    2 the file claims no provenance at all.
+
+    Example: genengine verify s3://renders/spring/0123abcd/images/hero_0.png
+    """
+    from gen_engine.render import provenance
+
+    settings = get_settings()
+    storage = None
+    if not Path(target).is_file():
+        storage = resources().storage
+    data = provenance.read_source(target, settings, storage)
+    anchors = trust.read_bytes() if trust else provenance.pem_text(settings.c2pa_trust_anchors)
+    v = provenance.verify(data, target, anchors)
+    if as_json:
+        typer.echo(json.dumps(v.as_dict(), indent=2, ensure_ascii=False, default=str))
+    else:
+        c = v.c2pa
+        if c.get("present"):
+            who = c["signer"].get("common_name") or "?"
+            dev = " (DEVELOPMENT chain: not for publication)" if c.get("development_chain") else ""
+            console.print(f"C2PA: {c['state']}, signed by {who}{dev}; "
+                          f"{'trusted' if c.get('trusted') else 'signer not on a trust list'}")
+        else:
+            console.print("C2PA: no manifest")
+        console.print(f"IPTC digital source type: {v.digital_source_type or 'none'}")
+        console.print(f"AIGC label (GB 45438): {json.dumps(v.aigc, ensure_ascii=False) if v.aigc else 'none'}")
+        console.print(f"visible label: {v.visible_label or 'unknown'}")
+        if v.lineage:
+            console.print(f"lineage: run {v.lineage.get('run_id')}, image {v.lineage.get('image_id')}, "
+                          f"model {v.lineage.get('model_id')}")
+        for p in v.problems:
+            err_console.print(f"[red]problem:[/red] {p}")
+        console.print("[green]ok[/green]" if v.ok else "[red]NOT OK[/red]" if v.claims_provenance
+                      else "[yellow]no provenance claimed[/yellow]")
+    raise typer.Exit(0 if v.ok else 1 if v.claims_provenance else 2)
 
 
 @app.command()

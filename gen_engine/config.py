@@ -127,6 +127,30 @@ class Settings(BaseSettings):
     render_max_prompt_chars: int = Field(500, ge=1, description="Longest accepted prompt (characters).")
     render_max_count: int = Field(16, ge=1, description="Most images one row may ask for (`count` column).")
 
+    # --- labels and provenance (render.labels, render.provenance; `genengine verify`) ----------------
+    provenance_producer: str = Field("gen-engine", description="This deployment's name as the content producer "
+                                     "(the GB 45438 AIGC label's ContentProducer, the C2PA manifest's author): "
+                                     "the service provider's name or registration code.")
+    render_label: str = Field("none", description="Visible AI label of every image: none, corner or edge (a CSV's "
+                              "`label` column and a campaign's `label` parameter override it).")
+    render_label_text: str = Field("", max_length=40, description="Text of the visible label. Empty: by the "
+                                   "prompt's script, \"AI生成\" for Chinese and Japanese, \"AI-generated\" otherwise.")
+    render_c2pa: bool = Field(True, description="Sign a C2PA manifest into every image (created, "
+                              "trainedAlgorithmicMedia, the model and the prompt's hash).")
+    render_embed_source_keys: bool = Field(True, description="Write internal object keys (the CSV's bucket key, "
+                                           "the image's key) into the lineage inside delivered files. Off: the files "
+                                           "carry ids only; the lineage store keeps the keys.")
+    c2pa_cert_chain: str | None = Field(None, description="Signing certificate chain (PEM, leaf first): a path, or "
+                                        "the PEM text. Unset (and no c2pa_signer): a development chain generated "
+                                        "under local_dir/c2pa/ on first use, marked DEVELOPMENT ONLY.")
+    c2pa_private_key: SecretStr | None = Field(None, description="The signing key (PEM): a path or the PEM text.")
+    c2pa_signing_alg: str = Field("es256", description="Algorithm of the key: es256, es384, es512, ps256, ed25519.")
+    c2pa_tsa_url: str | None = Field(None, description="RFC 3161 time-stamp authority for the signatures.")
+    c2pa_signer: str | None = Field(None, description="'module:function' returning a c2pa.Signer (a KMS or HSM "
+                                    "signer made with c2pa.Signer.from_callback); wins over the key settings.")
+    c2pa_trust_anchors: str | None = Field(None, description="PEM root certificates `genengine verify` trusts (a "
+                                           "path or the text); given, a manifest must chain to one of them.")
+
     # --- Airflow ------------------------------------------------------------------------------------
     airflow_gpu_pool_slots: int = Field(1, ge=1, description="Slots of the Airflow pool `gpu`.")
     airflow_render_pool_slots: int = Field(2, ge=1, description="Slots of the Airflow pool `render`.")
@@ -149,6 +173,13 @@ class Settings(BaseSettings):
             if v.startswith(scheme):
                 v = v[len(scheme) :]
         return v
+
+    @field_validator("render_label")
+    @classmethod
+    def _known_label(cls, v: str) -> str:
+        if v.strip().lower() not in ("none", "corner", "edge"):
+            raise ValueError(f"render_label must be none, corner or edge, not {v!r}")
+        return v.strip().lower()
 
     @field_validator("airflow_gpu_tasks")
     @classmethod

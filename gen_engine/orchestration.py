@@ -243,15 +243,26 @@ def campaign_csv_key(raw: str, bucket: str) -> str:
     return key
 
 
+def _label_param(value: Any, default: str) -> str:
+    """A campaign's ``label`` parameter (none, corner, edge; empty: the settings' default)."""
+    from gen_engine.render.csvin import LABELS
+
+    label = str(value or "").strip().lower() or default
+    if label not in LABELS:
+        raise ValueError(f"the campaign's label '{label[:20]}' is not one of {', '.join(LABELS)}")
+    return label
+
+
 def plan_campaign(res: Resources, params: dict[str, Any]) -> dict[str, Any]:
     """Claim (if still in incoming/), pin the model, validate and plan. Small JSON for XCom.
 
     ``params``: ``csv_key`` (in the campaigns bucket: the DAG, which files it under processed/ or failed/
     at the end), or ``source`` (the CLI: a local file or any s3:// URI; one under the campaigns bucket's
     incoming/ is claimed and filed as the DAG does, any other is rendered where it is and never moved:
-    ``filed`` False), plus ``campaign``, ``model``, ``backend``, ``shard_size``. The run is on record
+    ``filed`` False), plus ``campaign``, ``model``, ``backend``, ``shard_size``, ``label`` (the visible AI
+    label of rows that name none: none, corner, edge; empty: the settings'). The run is on record
     (lineage) from here on."""
-    from gen_engine.render.csvin import CsvError
+    from gen_engine.render.csvin import CsvError, RowRules
     from gen_engine.render.plan import prepare
 
     settings, store = res.settings, res.storage
@@ -281,12 +292,15 @@ def plan_campaign(res: Resources, params: dict[str, Any]) -> dict[str, Any]:
             raise CampaignFailed(f"{csv_key} was claimed by another run")
         csv_key = claimed
     ref = params.get("model") or "production"
-    _, model = res.registry.resolve(ref)
+    model_dir, model = res.registry.resolve(ref)
     pinned = ref if Path(ref).is_dir() else model["model_id"]  # an alias is pinned to what it names now
     try:
+        native = json.loads((model_dir / "model.json").read_text())["architecture"]["resolution"]
+        rules = RowRules.from_settings(settings, native_size=int(native),
+                                       default_label=_label_param(params.get("label"), settings.render_label))
         plan = prepare(f"s3://{bucket}/{csv_key}" if filed else csv_key, campaign, settings, store,
                        model_ref=pinned, model_id=model["model_id"], backend=params.get("backend") or "auto",
-                       shard_size=int(params.get("shard_size") or settings.render_shard_size))
+                       shard_size=int(params.get("shard_size") or settings.render_shard_size), rules=rules)
     except (CsvError, ValueError) as e:
         if filed:
             finish_campaign(res, csv_key, False, {"error": str(e), "stage": "validate"})
@@ -348,14 +362,15 @@ CAMPAIGN_STEPS = ("claim", "validate and plan", "render shards", "finalize", "fi
 
 
 def run_campaign(res: Resources, source: str, campaign: str | None = None, *, model: str = "production",
-                 backend: str = "auto", shard_size: int | None = None, progress: bool = True) -> dict[str, Any]:
+                 backend: str = "auto", shard_size: int | None = None, label: str = "", progress: bool = True
+                 ) -> dict[str, Any]:
     """A whole campaign in one process (`genengine render`): the steps the campaign_render DAG runs as
     tasks, in its order (`CAMPAIGN_STEPS`), through the same functions: `plan_campaign` (claim,
     validate and plan), `render_planned_shard` per shard, `_finalize` (manifests, gallery, lineage,
     filing), and `fail_campaign` on failure. The summary's ``skipped`` names the steps a source outside
     the campaigns bucket's incoming/ or claimed/ skips, and why."""
     plan = plan_campaign(res, {"source": source, "campaign": campaign, "model": model, "backend": backend,
-                               "shard_size": shard_size})
+                               "shard_size": shard_size, "label": label})
     skipped = [] if plan["filed"] else [
         f"claim and filing (to processed/ or failed/): {source} is not a CSV waiting in "
         f"s3://{res.settings.bucket_campaigns}/incoming/ (a claimed/ file belongs to the run that claimed it), so "

@@ -63,10 +63,13 @@ def text_width(text: str, size: int = LABEL_PX) -> float:
 
 def draw_label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, fill: tuple[int, int, int],
                size: int = LABEL_PX) -> None:
-    """Draw one line of text in any script, font by font (see the module docstring)."""
+    """Draw one line of text in any script, font by font (see the module docstring), every run on one
+    baseline (fonts differ in ascent: top-aligned runs would jump up and down)."""
     x, y = xy
-    for run, font in _runs(text, size):
-        draw.text((x, y), run, font=font, fill=fill)
+    runs = _runs(text, size)
+    baseline = y + max((font.getmetrics()[0] for _, font in runs), default=0)
+    for run, font in runs:
+        draw.text((x, baseline), run, font=font, fill=fill, anchor="ls")
         x += font.getlength(run)
 
 

@@ -74,6 +74,9 @@ class ObjectInfo:
     metadata: dict[str, str]
 
 
+MAX_METADATA_BYTES = 2048  # AWS S3's limit on user-defined metadata per object
+
+
 def encode_meta(value: str) -> str:
     """S3 metadata is ASCII-only: percent-encode anything else (decoded by `decode_meta`)."""
     return urllib.parse.quote(str(value), safe=" !#$&'()*+,-./:;<=>?@[]^_`{|}~")
@@ -409,9 +412,20 @@ def _precondition_failed(err: StorageError) -> bool:
     return "PreconditionFailed" in str(err) or "ConditionalRequestConflict" in str(err)
 
 
+def metadata_size(metadata: dict[str, str]) -> int:
+    """User metadata's size as AWS counts it: the UTF-8 bytes of every key and (encoded) value."""
+    return sum(len(k.encode()) + len(encode_meta(v).encode()) for k, v in metadata.items())
+
+
 def _meta_headers(metadata: dict[str, str] | None) -> dict[str, str] | None:
+    """The metadata as request headers; refused over AWS's 2 KB (SeaweedFS and MinIO accept more, so an
+    upload that works here would fail on every AWS request)."""
     if not metadata:
         return None
+    if (n := metadata_size(metadata)) > MAX_METADATA_BYTES:
+        biggest = max(metadata, key=lambda k: len(encode_meta(metadata[k])))
+        raise ValueError(f"object metadata is {n} bytes, over S3's {MAX_METADATA_BYTES} (largest: '{biggest}'); "
+                         "keep ids and hashes in metadata and the rest in the object")
     return {f"{_META_PREFIX}{k}": encode_meta(v) for k, v in metadata.items()}
 
 

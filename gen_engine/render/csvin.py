@@ -19,17 +19,19 @@ import math
 import re
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
 from gen_engine.config import Settings
 from gen_engine.errors import UserError
 from gen_engine.naming import slugify
+from gen_engine.render import labels
 
 MAX_SEED = 2**32 - 1
 FORMATS = {"png": "png", "webp": "webp", "jpeg": "jpeg", "jpg": "jpeg"}
-KNOWN_COLUMNS = ("prompt", "seed", "count", "asset_name", "size", "format", "variety")
+KNOWN_COLUMNS = ("prompt", "seed", "count", "asset_name", "size", "format", "variety", "label")
+LABELS = ("none", "corner", "edge")  # the visible AI label (render.labels)
 # Cells up to this size are read (and rejected by the row rules when too long); Python's default of 128 KiB
 # raised an error that stopped the whole file. Larger than this, the file is refused as not a prompt CSV.
 FIELD_LIMIT = 16 * 1024 * 1024
@@ -61,6 +63,7 @@ class RowSpec:
     format: str
     variety: float
     extra: dict[str, str] = field(default_factory=dict)
+    label: str = "none"  # visible AI label: none, corner or edge
 
 
 @dataclass(frozen=True)
@@ -93,12 +96,17 @@ class RowRules:
     default_variety: float = 1.0
     max_prompt: int = 500
     max_count: int = 16
+    default_label: str = "none"  # the campaign's visible label (Settings.render_label, a campaign parameter)
+    label_text: str = ""  # Settings.render_label_text
+    native_size: int | None = None  # the model's resolution: a label must fit rows without a size
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RowRules:
-        return cls(allowed_sizes=tuple(settings.render_allowed_sizes), default_format=settings.render_default_format,
-                   default_variety=settings.render_default_variety, max_prompt=settings.render_max_prompt_chars,
-                   max_count=settings.render_max_count)
+    def from_settings(cls, settings: Settings, **overrides: object) -> RowRules:
+        rules = cls(allowed_sizes=tuple(settings.render_allowed_sizes), default_format=settings.render_default_format,
+                    default_variety=settings.render_default_variety, max_prompt=settings.render_max_prompt_chars,
+                    max_count=settings.render_max_count, default_label=settings.render_label,
+                    label_text=settings.render_label_text)
+        return replace(rules, **overrides)  # type: ignore[arg-type]
 
 
 # --- decoding ---------------------------------------------------------------------------------------
@@ -234,9 +242,15 @@ def validate_row(row_number: int, fields: dict[str, str], rules: RowRules, seen_
             raise ValueError(f"variety must be a number from 0 to 1, got '{raw[:20]}'") from None
         if not (math.isfinite(variety) and 0.0 <= variety <= 1.0):
             raise ValueError(f"variety must be from 0 to 1, got '{raw[:20]}'")
+    label = fields.get("label", "").strip().lower() or rules.default_label
+    if label not in LABELS:
+        raise ValueError(f"label '{label[:20]}' is not one of {', '.join(LABELS)} (the visible AI label)")
+    side = size or ((rules.native_size, rules.native_size) if rules.native_size else None)
+    if label != "none" and side and (why := labels.fits(labels.label_text(prompt, rules.label_text), *side, label)):
+        raise ValueError(why)
     seen_assets[asset.lower()] = row_number
     extra = {k: v for k, v in fields.items() if k not in KNOWN_COLUMNS}
-    return RowSpec(row_number, prompt, seed, count, asset, size, FORMATS[fmt_raw], variety, extra)
+    return RowSpec(row_number, prompt, seed, count, asset, size, FORMATS[fmt_raw], variety, extra, label)
 
 
 class PromptCsv:

@@ -18,7 +18,7 @@ from gen_engine.render.plan import Plan, part_key
 from gen_engine.sheets import contact_sheet
 
 MANIFEST_COLUMNS = ["object_key", "row_number", "asset", "k", "prompt", "seed", "size", "format", "variety",
-                    "model_id", "engine", "sha256", "bytes"]
+                    "model_id", "engine", "label", "c2pa", "sha256", "bytes"]
 
 
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -59,6 +59,7 @@ def finalize(plan: Plan, settings: Settings, store: Storage, lineage: LineageSto
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         n_images, extra_keys, first = 0, set(), []
+        labelled = {"c2pa_signed": 0, "visible_label": 0}
         with open(tmp / "outputs.jsonl", "w", encoding="utf-8") as out:
             for shard in plan.shards:
                 key = part_key(plan, shard["index"], model["model_id"])
@@ -71,6 +72,8 @@ def finalize(plan: Plan, settings: Settings, store: Storage, lineage: LineageSto
                 lineage.add_outputs(plan.run_id, part)
                 for o in part:
                     extra_keys.update(o.get("extra", {}))
+                    labelled["c2pa_signed"] += o.get("c2pa") == "signed"
+                    labelled["visible_label"] += o.get("label", "none") != "none"
                 first.extend(part[: max(0, GALLERY - len(first))])
                 n_images += len(part)
                 out.write(body if body.endswith("\n") or not body else body + "\n")
@@ -83,7 +86,7 @@ def finalize(plan: Plan, settings: Settings, store: Storage, lineage: LineageSto
                 pq.ParquetWriter(tmp / "manifest.parquet", schema, compression="zstd") as parquet:
             w = SafeCsvWriter(fcsv, cols)
             for batch in _batches(_jsonl(tmp / "outputs.jsonl"), 20_000):  # one row group per batch
-                rows = [{**{c: o[c] for c in MANIFEST_COLUMNS},
+                rows = [{**{c: o.get(c) for c in MANIFEST_COLUMNS},  # label, c2pa: absent in older parts
                          **{f"extra.{k}": str(o.get("extra", {}).get(k, "")) for k in extras}} for o in batch]
                 for row in rows:
                     w.write(row)
@@ -124,7 +127,7 @@ def finalize(plan: Plan, settings: Settings, store: Storage, lineage: LineageSto
         "backend": backend_name, "counts": counts, "images_rendered_now": rendered,
         "images_reused": n_images - rendered if shard_results is not None else None,
         "shards": len(plan.shards), "encoding": plan.stats["encoding"], "delimiter": plan.stats["delimiter"],
-        "validation": plan.stats.get("validation"),
+        "validation": plan.stats.get("validation"), "labels": labelled,
         "timings_s": {"plan": round(plan.plan_seconds, 3), "render": round(render_s, 3),
                       "finalize": round(time.monotonic() - t0, 3)},
         "throughput_images_per_s": rendered / render_s if render_s > 0 else 0.0,

@@ -30,6 +30,12 @@ img{width:100%;image-rendering:auto;border-radius:4px}figcaption{font-size:.8rem
 table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}"""
 
 
+def _labels_line(labels: dict | None, n: int) -> str:
+    if not labels:
+        return "signing and visible labels are not recorded for this run"
+    return f"{labels['c2pa_signed']} of {n} carry a signed C2PA manifest, {labels['visible_label']} a visible label"
+
+
 def index_html(summary: dict[str, Any], outputs: list[dict[str, Any]], rejected: list[dict[str, Any]],
                n_rejected: int | None = None) -> bytes:
     """The gallery page: ``outputs`` and ``rejected`` are the first ones (the page shows at most
@@ -66,5 +72,7 @@ def index_html(summary: dict[str, Any], outputs: list[dict[str, Any]], rejected:
 <a href="contact_sheet.png">contact sheet</a> · <a href="summary.json">summary.json</a> ·
 <a href="validation.json">validation report</a> ({e(_validation_line(summary))})</p>
 <div class="grid">{''.join(figs)}</div>{more}{rej}
-<p class="meta">Images are AI-generated (IPTC DigitalSourceType trainedAlgorithmicMedia).</p>
+<p class="meta">Images are AI-generated: each carries IPTC DigitalSourceType trainedAlgorithmicMedia and the
+GB 45438 AIGC label in its XMP; {_labels_line(summary.get("labels"), c["images"])}. The manifest's label and c2pa
+columns say which. Check a file with <code>genengine verify</code>.</p>
 </body></html>""".encode()

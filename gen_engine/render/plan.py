@@ -58,11 +58,19 @@ class Plan:
         return cls(**d)
 
 
+def labelling(settings: Settings) -> dict[str, Any]:
+    """The settings besides the row rules that change a delivered file's bytes (signing, producer,
+    embedded keys): part of the run's identity, so changing them never overwrites delivered images."""
+    return {"c2pa": settings.render_c2pa, "producer": settings.provenance_producer,
+            "embed_source_keys": settings.render_embed_source_keys}
+
+
 def run_identity(campaign: str, csv_sha256: str, model_id: str, backend: str, shard_size: int,
-                 rules: RowRules) -> str:
-    """The run id: a hash of everything that decides the run's images and plan (see the module doc)."""
+                 rules: RowRules, labelled: dict[str, Any] | None = None) -> str:
+    """The run id: a hash of everything that decides the run's images and plan (see the module doc);
+    ``labelled``: `labelling` of the settings."""
     doc = {"campaign": campaign, "csv_sha256": csv_sha256, "model": model_id, "backend": backend,
-           "shard_size": shard_size, "rules": asdict(rules)}
+           "shard_size": shard_size, "rules": asdict(rules), **({"labels": labelled} if labelled else {})}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -113,7 +121,7 @@ def prepare(source: str, campaign: str, settings: Settings, store: Storage, *, m
     with tempfile.TemporaryDirectory() as td:
         path, csv_key = _fetch_source(source, settings, store, Path(td))
         sha = sha256_file(path)
-        run_id = run_identity(slug, sha, model_id or model_ref, backend, shard_size, rules)
+        run_id = run_identity(slug, sha, model_id or model_ref, backend, shard_size, rules, labelling(settings))
         prefix = f"{slug}/{run_id}/"
         rejected_path = Path(td) / "rejected.jsonl"
         reader = PromptCsv(path, Path(csv_key).name, rules)

@@ -23,7 +23,7 @@ from PIL import Image
 from gen_engine.config import Settings
 from gen_engine.infra.storage import ObjectNotFound, Storage
 from gen_engine.models.noise import seed_noise
-from gen_engine.render import imagemeta
+from gen_engine.render import imagemeta, labels, provenance
 from gen_engine.render.csvin import RowSpec
 from gen_engine.render.plan import Plan, image_seed, object_key, part_key, shard_rows
 
@@ -32,17 +32,24 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RenderEnv:
-    """What rendering needs besides the plan: the loaded backend and the model's identity."""
+    """What rendering needs besides the plan: the loaded backend, the model's identity, and how images
+    are labelled (`from_settings` reads them from the settings)."""
 
     backend: Any
     model: dict[str, Any]
     encoder: Any
     batch_size: int  # Settings.render_batch_size
     io_threads: int  # Settings.render_io_threads
+    signer: Any = None  # a c2pa.Signer (Settings.render_c2pa), None: unsigned
+    producer: str = "gen-engine"  # Settings.provenance_producer
+    label_text: str = ""  # Settings.render_label_text ("": by the prompt's script)
+    embed_source_keys: bool = True  # Settings.render_embed_source_keys
 
     @classmethod
     def from_settings(cls, backend: Any, model: dict[str, Any], encoder: Any, settings: Settings) -> RenderEnv:
-        return cls(backend, model, encoder, settings.render_batch_size, settings.render_io_threads)
+        signer = provenance.load_signer(settings) if settings.render_c2pa else None
+        return cls(backend, model, encoder, settings.render_batch_size, settings.render_io_threads, signer,
+                   settings.provenance_producer, settings.render_label_text, settings.render_embed_source_keys)
 
 
 def render_params(plan: Plan, spec: RowSpec, k: int, env: RenderEnv) -> dict[str, Any]:
@@ -50,7 +57,52 @@ def render_params(plan: Plan, spec: RowSpec, k: int, env: RenderEnv) -> dict[str
     return {"Seed": image_seed(spec, plan.campaign, k), "Size": f"{size[0]}x{size[1]}",
             "Native size": f"{env.backend.resolution}x{env.backend.resolution}", "Variety": spec.variety,
             "Model": env.model["model_id"], "Engine": env.backend.name, "Format": spec.format,
-            "Campaign": plan.campaign, "Asset": spec.asset, "Index": k}
+            "Campaign": plan.campaign, "Asset": spec.asset, "Index": k, "Label": spec.label,
+            "C2PA": "signed" if env.signer is not None else "off"}
+
+
+def image_id(plan: Plan, spec: RowSpec, k: int) -> str:
+    """The image's id outside our storage (the AIGC label's ProduceID, the C2PA assertion): run and asset."""
+    return f"{plan.run_id}/{spec.asset}_{k}"
+
+
+def encode_image(img: np.ndarray, plan: Plan, spec: RowSpec, k: int, params: dict[str, Any], env: RenderEnv
+                 ) -> bytes:
+    """One delivered file: resized, visibly labelled if the row asks, encoded with its metadata (parameters,
+    IPTC, the AIGC label, lineage) and signed (C2PA) over all of it."""
+    out = Image.fromarray(img)
+    if spec.size and spec.size != out.size:
+        out = out.resize(spec.size, Image.Resampling.LANCZOS)
+    if spec.label != "none":
+        out, _ = labels.draw(out, labels.label_text(spec.prompt, env.label_text), spec.label)
+    iid = image_id(plan, spec, k)
+    lineage = {"run_id": plan.run_id, "image_id": iid, "campaign": plan.campaign, "csv_key": plan.csv_key,
+               "csv_sha256": plan.csv_sha256, "row": spec.row_number, "k": k, "seed": params["Seed"],
+               "model_id": env.model["model_id"], "dataset_version_id": env.model.get("dataset_version_id"),
+               "code_version": env.model.get("code_version"), "object_key": object_key(plan, spec, k),
+               "label": spec.label, "c2pa": env.signer is not None}
+    if not env.embed_source_keys:  # ids only: the lineage store keeps the keys
+        del lineage["csv_key"], lineage["object_key"]
+    aigc = labels.aigc_json(labels.aigc_label(env.producer, iid))
+    data = imagemeta.encode(out, spec.format, spec.prompt, params, lineage, aigc)
+    if env.signer is not None:
+        manifest = provenance.manifest_definition(
+            f"{spec.asset}_{k}.{imagemeta.extension(spec.format)}", producer=env.producer,
+            model_id=env.model["model_id"], image_id=iid, seed=params["Seed"],
+            prompt_sha256=hashlib.sha256(spec.prompt.encode()).hexdigest())
+        data = provenance.sign(data, spec.format, manifest, env.signer)
+    return data
+
+
+def object_metadata(plan: Plan, spec: RowSpec, k: int, params: dict[str, Any], digest: str, env: RenderEnv,
+                    sha: str, nbytes: int) -> dict[str, str]:
+    """The S3 object metadata of an image: ids and hashes only. AWS allows 2 KB of user metadata and a
+    prompt alone can be more; the prompt is in the file and in the lineage store."""
+    return {"prompt-sha256": hashlib.sha256(spec.prompt.encode()).hexdigest(), "image-id": image_id(plan, spec, k),
+            "seed": str(params["Seed"]), "model-id": env.model["model_id"], "engine": env.backend.name,
+            "campaign": plan.campaign, "run-id": plan.run_id, "row": str(spec.row_number),
+            "csv-sha256": plan.csv_sha256, "params-digest": digest, "sha256": sha, "bytes": str(nbytes),
+            "digital-source-type": "trainedAlgorithmicMedia", "label": spec.label, "c2pa": params["C2PA"]}
 
 
 def params_digest(params: dict[str, Any], prompt: str) -> str:
@@ -113,22 +165,11 @@ def render_shard(plan: Plan, index: int, settings: Settings, store: Storage, env
 
     def upload(img: np.ndarray, spec: RowSpec, k: int, params: dict[str, Any], digest: str) -> None:
         try:
-            out = Image.fromarray(img)
-            if spec.size and spec.size != out.size:
-                out = out.resize(spec.size, Image.Resampling.LANCZOS)
             key = object_key(plan, spec, k)
-            lineage = {"run_id": plan.run_id, "campaign": plan.campaign, "csv_key": plan.csv_key,
-                       "csv_sha256": plan.csv_sha256, "row": spec.row_number, "k": k, "seed": params["Seed"],
-                       "model_id": env.model["model_id"], "dataset_version_id": env.model.get("dataset_version_id"),
-                       "code_version": env.model.get("code_version"), "object_key": key}
-            data = imagemeta.encode(out, spec.format, spec.prompt, params, lineage)
+            data = encode_image(img, plan, spec, k, params, env)
             sha = hashlib.sha256(data).hexdigest()
-            store.put_bytes(bucket, key, data, content_type=imagemeta.content_type(spec.format), metadata={
-                "prompt": spec.prompt[:300], "prompt-sha256": hashlib.sha256(spec.prompt.encode()).hexdigest(),
-                "seed": str(params["Seed"]), "model-id": env.model["model_id"], "engine": env.backend.name,
-                "campaign": plan.campaign, "run-id": plan.run_id, "row": str(spec.row_number),
-                "csv-sha256": plan.csv_sha256, "params-digest": digest, "sha256": sha, "bytes": str(len(data)),
-                "digital-source-type": "trainedAlgorithmicMedia"})
+            store.put_bytes(bucket, key, data, content_type=imagemeta.content_type(spec.format),
+                            metadata=object_metadata(plan, spec, k, params, digest, env, sha, len(data)))
             with lock:
                 outputs.append(_output_row(spec, k, key, params, sha, len(data)))
         finally:
@@ -171,5 +212,5 @@ def render_shard(plan: Plan, index: int, settings: Settings, store: Storage, env
 def _output_row(spec: RowSpec, k: int, key: str, params: dict[str, Any], sha: str, nbytes: int) -> dict[str, Any]:
     return {"object_key": key, "row_number": spec.row_number, "asset": spec.asset, "k": k, "prompt": spec.prompt,
             "seed": params["Seed"], "size": params["Size"], "format": spec.format, "variety": spec.variety,
-            "model_id": params["Model"], "engine": params["Engine"], "sha256": sha, "bytes": nbytes,
-            "extra": spec.extra}
+            "model_id": params["Model"], "engine": params["Engine"], "label": spec.label, "c2pa": params["C2PA"],
+            "sha256": sha, "bytes": nbytes, "extra": spec.extra}

@@ -62,7 +62,7 @@ def test_dagbag_has_no_import_errors(airflow_db: Path) -> None:
     render = bag.get_dag("campaign_render")
     shard = render.get_task("render_shard")
     assert shard.pool == "render" and shard.max_active_tis_per_dag == 2
-    assert set(render.params) >= {"csv_key", "campaign", "backend", "shard_size"}
+    assert set(render.params) >= {"csv_key", "campaign", "backend", "shard_size", "label"}
     # Triggered only: a paused render DAG would leave campaign_watch's triggered runs queued forever.
     assert render.is_paused_upon_creation is False
 

@@ -38,12 +38,14 @@ def test_config_command_masks_every_secret(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-visible-never")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "super-secret-value")
     monkeypatch.setenv("GEN_LINEAGE_DB_URL", "postgresql+psycopg://gen:pg-password-x@db:5432/gen")
+    monkeypatch.setenv("GEN_C2PA_PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----\nc2pa-key-x\n-----END PRIVATE KEY-----")
     res = CliRunner().invoke(app, ["config", "--json"])
     assert res.exit_code == 0, res.output
-    for secret in ("AKIA-visible-never", "super-secret-value", "pg-password-x"):
+    for secret in ("AKIA-visible-never", "super-secret-value", "pg-password-x", "c2pa-key-x"):
         assert secret not in res.output
     data = json.loads(res.output)
     assert data["s3_secret_key"] == "********" and "***@db:5432" in data["lineage_url (derived)"]
+    assert data["c2pa_private_key"] == "********"
     table = CliRunner().invoke(app, ["config"])
     assert table.exit_code == 0 and "super-secret-value" not in table.output
 
