@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 COMPOSE = yaml.safe_load((DOCKER / "compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
-SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|TOKEN|ACCESS_KEY|SQL_ALCHEMY_CONN|BROKER_URL|RESULT_BACKEND|DB_URL")
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|PRIVATE_KEY|FERNET|TOKEN|ACCESS_KEY|SQL_ALCHEMY_CONN|BROKER_URL"
+                         r"|RESULT_BACKEND|DB_URL")
 
 
 def test_every_role_is_there() -> None:
@@ -66,7 +67,7 @@ def test_the_training_task_is_routed_to_the_gpu_workers_queue() -> None:
 def test_no_secret_is_inline() -> None:
     for name, svc in SERVICES.items():
         for key, value in (svc.get("environment") or {}).items():
-            if SECRET_NAME.search(key) and isinstance(value, str):
+            if SECRET_NAME.search(key) and isinstance(value, str) and not value.startswith("/run/secrets/"):
                 # Every secret must be a ${VAR:?...} substitution; no user:password@ left once removed.
                 assert "${" in value, f"{name}.{key} must come from the environment"
                 literal = re.sub(r"\$\{[A-Z_]+:\?[^}]*\}", "", value)
@@ -75,6 +76,21 @@ def test_no_secret_is_inline() -> None:
         assert "requirepass" not in command or "${" in command, f"{name}: password inline in command"
     example = (DOCKER / ".env.example").read_text()
     assert all(line.endswith("=") for line in example.splitlines() if line and not line.startswith("#"))
+
+
+def test_the_c2pa_signing_key_is_a_docker_secret_on_every_airflow_service() -> None:
+    """Every Airflow role may render (workers) or sign nothing (the rest) but gets the same settings; the key
+    and chain are files mounted from the host, named by ${VAR:?} substitutions, never environment text."""
+    top = COMPOSE["secrets"]
+    for secret in ("c2pa_cert_chain", "c2pa_private_key"):
+        assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]*\}", top[secret]["file"]), top[secret]
+    for name, svc in SERVICES.items():
+        if name.startswith("airflow"):
+            env = svc["environment"]
+            assert env["GEN_C2PA_CERT_CHAIN"] == "/run/secrets/c2pa_cert_chain", name
+            assert env["GEN_C2PA_PRIVATE_KEY"] == "/run/secrets/c2pa_private_key", name
+            assert {"c2pa_cert_chain", "c2pa_private_key"} <= set(svc["secrets"]), name
+            assert "${PROVENANCE_PRODUCER:?" in env["GEN_PROVENANCE_PRODUCER"], name
 
 
 def test_published_ports_bind_loopback() -> None:
