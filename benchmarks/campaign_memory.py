@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import bench_s3, peak_rss_mb, run_child
+from common import bench_s3, cpu_name, peak_rss_mb, run_child
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -107,7 +107,6 @@ def main() -> None:
         return
 
     import torch
-    from train_quality import cpu_name
 
     from gen_engine.models.artifact import save_model
     from gen_engine.models.gan import GANConfig, Generator

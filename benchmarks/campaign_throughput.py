@@ -2,6 +2,11 @@
 
     python benchmarks/campaign_throughput.py            # 20,000-image campaign, the issue's figures
     python benchmarks/campaign_throughput.py --quick    # 2,000 images, for a smoke run
+    python benchmarks/campaign_throughput.py --labels-only   # just labelled against unlabelled
+
+Labelled against unlabelled: the same CSV rendered with the C2PA manifest and a visible corner label
+(the AIGC and IPTC XMP are always written) and with neither, alternating, the median of each; and the
+cost per image of signing and of labelling, measured alone at 64, 256 and 1024 px.
 
 Everything runs against a real local SeaweedFS started here on free ports. A 64 px generator with
 nf = 32 (random weights: throughput does not depend on what the model learned) is rendered with the
@@ -20,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import bench_s3, peak_rss_mb, run_child
+from common import bench_s3, cpu_name, peak_rss_mb, run_child
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -64,6 +69,40 @@ def child_campaign(csv_path: str, campaign: str, model_dir: str, backend: str) -
             "timings_s": summary["timings_s"], "peak_rss_mb": peak_rss_mb(), "backend": summary["backend"]}
 
 
+def child_costs() -> dict:
+    """Milliseconds per image of encoding (PNG, all XMP), the visible label, and C2PA signing."""
+    import numpy as np
+    from PIL import Image
+
+    from gen_engine.config import Settings
+    from gen_engine.render import imagemeta, labels, provenance
+
+    signer = provenance.load_signer(Settings())
+    rng = np.random.default_rng(0)
+    out = {}
+    for side in (64, 256, 1024):
+        img = Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).resize((side, side))
+        manifest = provenance.manifest_definition("x.png", producer="bench", model_id="m", image_id="r/x_0", seed=1,
+                                                  prompt_sha256="0" * 64)
+        aigc = labels.aigc_json(labels.aigc_label("bench", "r/x_0"))
+        n = {64: 200, 256: 60, 1024: 10}[side]
+        enc, lab, sig = [], [], []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            labelled, _ = labels.draw(img, "AI-generated", "corner")
+            t1 = time.perf_counter()
+            data = imagemeta.encode(labelled, "png", "a prompt", {"Seed": 1}, {"run_id": "r"}, aigc)
+            t2 = time.perf_counter()
+            provenance.sign(data, "png", manifest, signer)
+            t3 = time.perf_counter()
+            lab.append(t1 - t0)
+            enc.append(t2 - t1)
+            sig.append(t3 - t2)
+        out[str(side)] = {"encode_ms": statistics.median(enc) * 1e3, "label_ms": statistics.median(lab) * 1e3,
+                          "sign_ms": statistics.median(sig) * 1e3, "n": n}
+    return out
+
+
 def child_plan(csv_path: str) -> dict:
     from gen_engine.render.plan import prepare
     from gen_engine.resources import resources
@@ -76,13 +115,13 @@ def child_plan(csv_path: str) -> dict:
 
 
 # --- driver ---------------------------------------------------------------------------------------------
-def write_csv(path: Path, rows: int, count: int) -> Path:
+def write_csv(path: Path, rows: int, count: int, size: str = "") -> Path:
     with open(path, "w") as f:
-        f.write("prompt,count,asset_name,seed\n")
+        f.write("prompt,count,asset_name,seed,size\n")
         colors = ["red", "blue", "green", "yellow", "orange", "purple", "pink", "cyan"]
         shapes = ["circle", "square", "triangle", "star", "hexagon", "diamond"]
         for i in range(rows):
-            f.write(f"a {colors[i % 8]} {shapes[i // 8 % 6]} number {i},{count},asset-{i},{i * 16}\n")
+            f.write(f"a {colors[i % 8]} {shapes[i // 8 % 6]} number {i},{count},asset-{i},{i * 16},{size}\n")
     return path
 
 
@@ -91,10 +130,11 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="2,000 images and a 100,000-row plan instead.")
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--labels-only", action="store_true", help="Only labelled against unlabelled campaigns.")
     ap.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        fn = {"pure": child_pure, "campaign": child_campaign, "plan": child_plan}[a.child]
+        fn = {"pure": child_pure, "campaign": child_campaign, "plan": child_plan, "costs": child_costs}[a.child]
         print(json.dumps(fn(*a.rest)))
         return
 
@@ -111,8 +151,12 @@ def main() -> None:
         torch.manual_seed(0)
         model_dir = save_model(tdp / "model", Generator(GANConfig(resolution=64, nf=32)),
                                {"name": "generator", "code_version": "bench"})
-        out: dict = {"machine": {"cpus": os.cpu_count()}, "generator": "64 px, nf=32",
+        out: dict = {"machine": {"cpus": os.cpu_count(), "cpu": cpu_name()}, "generator": "64 px, nf=32",
                      "backend_requested": a.backend}
+        out["labels"] = labels_vs_unlabelled(tdp, env, str(model_dir), a.backend)
+        if a.labels_only:
+            write_labels(out)
+            return
         print("pure inference ...", flush=True)
         out["pure"] = run_child(__file__, "pure", env, str(model_dir), "2048", a.backend)
         print(f"  {out['pure']['images_per_s']:.1f} images/s", flush=True)
@@ -134,6 +178,7 @@ def main() -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
     c_big, c_small = out[f"campaign_{big}"], out["campaign_2000"]
     md = [f"# Campaign throughput ({out['generator']}, backend {out['pure']['backend']}, {os.cpu_count()} CPUs)", "",
+          f"CPU: {out['machine']['cpu']}.", "",
           "| measurement | images/s | ratio to pure inference | peak RSS (MB) | target |", "|---|---|---|---|---|",
           f"| pure inference (batch {out['pure']['batch']}, median of 3) | {out['pure']['images_per_s']:.1f} | 100% | "
           f"{out['pure']['peak_rss_mb']:.0f} | |",
@@ -141,9 +186,62 @@ def main() -> None:
           f"{c_small['peak_rss_mb']:.0f} | RSS < 1,500 |",
           f"| campaign {big:,} images end to end | {c_big['images_per_s']:.1f} | {c_big['ratio_to_pure']:.1%} | "
           f"{c_big['peak_rss_mb']:.0f} | >= 85%, RSS < 1,500 and flat |",
-          f"| planning {out['plan']['rows']:,} rows | - | - | {out['plan']['peak_rss_mb']:.0f} | RSS < 1,500 |", ""]
+          f"| planning {out['plan']['rows']:,} rows | - | - | {out['plan']['peak_rss_mb']:.0f} | RSS < 1,500 |", "",
+          *labels_table(out["labels"])]
     (RESULTS / f"{name}.md").write_text("\n".join(md))
     print("\n".join(md))
+
+
+LABELLED = {"GEN_RENDER_C2PA": "true", "GEN_RENDER_LABEL": "corner"}
+UNLABELLED = {"GEN_RENDER_C2PA": "false", "GEN_RENDER_LABEL": "none"}
+
+
+def labels_vs_unlabelled(tdp: Path, env: dict[str, str], model_dir: str, backend: str) -> dict:
+    """The same campaign with and without the C2PA manifest and the visible label, alternating (noise on
+    a shared machine hits both alike), at native 64 px and at 256 px; then the per-image costs."""
+    out: dict = {"costs": run_child(__file__, "costs", env)}
+    for size, n, repeats in (("", 2000, 2), ("256x256", 1000, 2)):
+        csv_path = write_csv(tdp / f"labels{size or 'native'}.csv", n // 16, 16, size)
+        runs: dict[str, list[float]] = {"unlabelled": [], "labelled": []}
+        for i in range(repeats):
+            for kind, extra in (("unlabelled", UNLABELLED), ("labelled", LABELLED)):
+                print(f"{kind} campaign, {n} images {size or 'native 64 px'} ({i + 1}/{repeats}) ...", flush=True)
+                r = run_child(__file__, "campaign", env | extra, str(csv_path), f"lab-{kind}-{size or 'n'}-{i}",
+                              model_dir, backend)
+                runs[kind].append(r["images_per_s"])
+                print(f"  {r['images_per_s']:.1f} images/s", flush=True)
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        out[size or "native"] = {"images": n, "runs": runs, "median": med,
+                                 "ratio": med["labelled"] / med["unlabelled"]}
+    return out
+
+
+def labels_table(lab: dict) -> list[str]:
+    rows = ["## Labelled against unlabelled campaigns", "",
+            "Labelled: a signed C2PA manifest and a visible corner label on every image; unlabelled: neither "
+            "(both write the IPTC and AIGC XMP). Images/s end to end (plan, render, finalize), median of "
+            "alternating runs (each run in brackets).", "",
+            "| campaign | unlabelled images/s | labelled images/s | ratio | target |", "|---|---|---|---|---|"]
+    for key, what in (("native", "64 px (native)"), ("256x256", "256x256 (Lanczos from 64 px)")):
+        r = lab[key]
+        each = {k: ", ".join(f"{x:.1f}" for x in v) for k, v in r["runs"].items()}
+        rows.append(f"| {r['images']:,} images, {what} | {r['median']['unlabelled']:.1f} ({each['unlabelled']}) | "
+                    f"{r['median']['labelled']:.1f} ({each['labelled']}) | {r['ratio']:.1%} | >= 85% |")
+    rows += ["", "| image side | PNG encode (ms) | visible label (ms) | C2PA signing (ms) |", "|---|---|---|---|"]
+    for side, c in lab["costs"].items():
+        rows.append(f"| {side} px | {c['encode_ms']:.2f} | {c['label_ms']:.2f} | {c['sign_ms']:.2f} |")
+    return rows
+
+
+def write_labels(out: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "campaign_labels.json").write_text(json.dumps(out, indent=1))
+    md = "\n".join([f"# Labels and provenance: campaign throughput ({out['generator']}, {os.cpu_count()} CPUs)", "",
+                    f"CPU: {out['machine']['cpu']}.", "",
+                    "Command: `python benchmarks/campaign_throughput.py --labels-only`.", "",
+                    *labels_table(out["labels"])[2:], ""])
+    (RESULTS / "campaign_labels.md").write_text(md)
+    print(md)
 
 
 if __name__ == "__main__":

@@ -39,3 +39,12 @@ def bench_s3(folder: Path, buckets: list[str]) -> Iterator[dict[str, str]]:
                             "GEN_S3_SECRET_KEY": server._secret_key, "GEN_LOCAL_DIR": str(folder / "local")}
     finally:
         server.stop()
+
+
+def cpu_name() -> str:
+    """The CPU model and its SIMD flags, for the results (figures depend on them)."""
+    from gen_engine.training.device import cpu_bf16_native, cpu_info
+
+    model, flags = cpu_info()
+    simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
+    return f"{model} ({', '.join(simd) or 'no AVX flags'}; {cpu_bf16_native()[1]})"

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from common import cpu_name
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -100,15 +102,6 @@ class RealImages:
         out = self.images[self.pos : self.pos + len(z)]
         self.pos += len(z)
         return out
-
-
-def cpu_name() -> str:
-    """The CPU model and its bf16/AVX flags, for the results (figures depend on them)."""
-    from gen_engine.training.device import cpu_bf16_native, cpu_info
-
-    model, flags = cpu_info()
-    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model} ({', '.join(simd) or 'no AVX flags'}; {cpu_bf16_native()[1]})"
 
 
 def starter(a: argparse.Namespace) -> None:
