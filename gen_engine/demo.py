@@ -273,6 +273,8 @@ def run_demo(console: Console) -> dict:
     console.print(f"gallery:  {out / 'index.html'}")
     console.print(f"Airflow:  {ui}  (user admin, password {password}); the Campaigns page is in the nav")
     console.print(f"lineage:  genengine lineage {s.bucket_renders}/{prefix}images/hero-red-heart_0.png")
+    console.print(f"labels:   genengine verify {s.bucket_renders}/{prefix}images/hero-red-heart_0.png  (C2PA, AIGC, "
+                  "visible label; signed with the development chain)")
     console.print(f"done in {time.monotonic() - t0:.0f}s")
     return summary
 
