@@ -1,13 +1,14 @@
 """The AI labels a published image must carry, besides the signed C2PA manifest (`render.provenance`).
 
-Explicit label: visible text drawn on the image at render time (``corner`` or ``edge``).
+Explicit label: visible text drawn on the image at render time (``corner`` or ``edge``). Sources:
+the CAC labelling measures (Article 4: "prominent labels at proper positions on images"); for the
+placement (a corner or along an edge), the example text "AI生成" and the height, summaries of
+GB 45438-2025 (the standard's own text was not found by the search tool, so these rules follow the
+secondary sources the issue cites, and are the first to re-check against the text).
 - Text: the campaign's configured text, else by the script of the row's prompt: "AI生成" for Chinese
-  and Japanese, "AI 생성" for Korean, "AI-generated" otherwise. The CAC labelling measures ask for
-  text "such as 人工智能生成 / AI生成" on images; GB 45438-2025 section 4 (explicit labels on images)
-  asks for a prominent label at an edge or corner.
-- Size: the ink of the text is at least 5% of the image's shorter side tall (GB 45438-2025 section
-  4.2 as summarised by secondary sources; the standard's text was not available to check), and never
-  below `MIN_TEXT_PX`, so it stays legible at 64 px.
+  and Japanese, "AI 생성" for Korean, "AI-generated" otherwise.
+- Size: the solid ink of the text (pixels at least half covered) is at least 5% of the image's
+  shorter side tall, and never below `MIN_TEXT_PX`, so it stays legible at 64 px.
 - Legibility on any picture: the text is black or white and sits on a plate of the opposite tone,
   blended over the image only as much as needed for a WCAG contrast ratio of at least
   `MIN_CONTRAST` (4.5:1, WCAG 2.x AA) against every pixel under it; a plain image gets a faint plate,
