@@ -6,6 +6,7 @@
 `train_starter` builds the starter dataset (`datasets.starter`), trains ``configs/starter64.yaml`` for
 its fixed step count (no time budget, so the same data, config and seed give the same weights on the
 same kind of machine) and writes ``starter/model/``: generator and discriminator weights (safetensors),
+the x4 upsampler trained on the artwork's 256 px masters (``upsampler.safetensors`` + ``.json``),
 ``model.json`` (architecture, config, code version, the training data's version and content hash, the
 licences and attributions of the artwork) and ``LICENSES.md``.
 
@@ -74,8 +75,9 @@ def ship(trainer: Any, data_dir: Path, out: Path) -> Path:
     for f in ("generator.safetensors", "discriminator.safetensors", "model.json"):
         shutil.copy(model_dir / f, out / f)
     (out / "LICENSES.md").write_text(licenses_markdown(card["sources"]) + (
-        "\nThe weights in this folder were trained on that artwork; OpenMoji's share-alike term applies to "
-        "them. Rendered images carry their model's lineage.\n"))
+        "\nThe weights in this folder (the generator, its discriminator and the x4 upsampler) were trained on "
+        "that artwork; OpenMoji's share-alike term applies to them. Rendered images carry their model's "
+        "lineage.\n"))
     return out
 
 
@@ -84,7 +86,25 @@ def train_starter(out: Path, work: Path, config: Path = STARTER_CONFIG, device: 
     """Build the starter data, train the starter recipe to its step count, write the shipped model to ``out``."""
     trainer, data_dir = starter_trainer(work, config, device, steps)
     trainer.train()
-    return ship(trainer, data_dir, out)
+    out = ship(trainer, data_dir, out)
+    ship_upsampler(data_dir, out)
+    return out
+
+
+def ship_upsampler(data_dir: Path, out: Path, steps: int = 4000) -> Path:
+    """Train the x4 upsampler on the starter artwork's masters (held-out 5% excluded) into ``out``."""
+    from dataclasses import replace
+
+    from gen_engine.models.upsampler import save_upsampler
+    from gen_engine.training.upsampler import Masters, UpsamplerTrainConfig, evaluate, train_upsampler
+
+    masters = Masters.from_folder(Path(data_dir) / "images")
+    up, info = train_upsampler(masters.subset("train"), replace(UpsamplerTrainConfig(), steps=steps))
+    scores = evaluate(up, masters.subset("val"))
+    log.info("starter upsampler: held-out PSNR %.2f dB (Lanczos %.2f dB)", scores["psnr_upsampler"],
+             scores["psnr_lanczos"])
+    return save_upsampler(Path(out), up, {"training": {k: v for k, v in info.items() if k != "history"},
+                                          "heldout": scores, "training_data": "starter (genengine dataset starter)"})
 
 
 def bootstrap(res: Resources, model_name: str = "generator", compile_it: bool = True) -> dict[str, Any]:

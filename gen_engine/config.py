@@ -80,6 +80,9 @@ class Settings(BaseSettings):
                                  "retrain (the demo's: a short warm-started fine-tune of the starter model).")
     starter_model_dir: Path = Field(REPO / "starter" / "model", description="The shipped starter model "
                                     "(`genengine models bootstrap` publishes it when there is no production model).")
+    retrain_upsampler_steps: int = Field(3000, ge=0, description="Steps of the x4 upsampler the retrain trains "
+                                         "when the dataset's training images differ from those its current "
+                                         "upsampler learned (0: never; a warm start keeps its parent's).")
     eval_encoder_steps: int = Field(1500, ge=1, description="Training steps of a dataset version's evaluation "
                                                             "encoder (trained once per version, then cached).")
     retrain_device: str = Field("auto", description="auto | cpu | cuda")

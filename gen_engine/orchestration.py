@@ -162,9 +162,46 @@ def train_candidate(res: Resources, decision: dict[str, Any], device: str | None
     t0 = time.monotonic()
     trainer.train(progress=False)
     model_dir = trainer.export({"config_hash": decision["config_hash"]})
+    upsampler = refresh_upsampler(res, f"{decision['dataset']}@v{decision['dataset_version']}", model_dir)
     row = res.registry.publish(model_dir, dataset_version_id=data.dataset_version_id)
     return {"model_id": row["model_id"], "version": row["version"], "train_seconds": time.monotonic() - t0,
-            "steps": trainer.step, "parent_model": parent}
+            "steps": trainer.step, "parent_model": parent, "upsampler": upsampler}
+
+
+def refresh_upsampler(res: Resources, ref: str, model_dir: Path) -> str:
+    """Train a new x4 upsampler into ``model_dir`` when the dataset version brings training images its
+    current (inherited) upsampler has not learned (a version that only drops images keeps it); returns
+    what was done."""
+    from dataclasses import replace
+
+    from gen_engine.models.upsampler import META, has_upsampler, save_upsampler
+    from gen_engine.training.upsampler import (
+        Masters,
+        UpsamplerTrainConfig,
+        curated_train_hashes,
+        evaluate,
+        train_upsampler,
+    )
+
+    steps = res.settings.retrain_upsampler_steps
+    if steps == 0:
+        return "off (retrain_upsampler_steps 0)"
+    wanted = curated_train_hashes(ref, res)
+    if wanted is None:
+        return f"kept: {ref} has no masters to train one on"
+    if has_upsampler(model_dir):
+        learned = set(json.loads((model_dir / META).read_text()).get("training", {}).get("masters", []))
+        if learned.issuperset(wanted):
+            return "kept: it learned every training image of this dataset version"
+    try:
+        masters = Masters.from_curated(ref, res)
+    except UserError as e:  # too few masters large enough (a dataset of small images): keep what there is
+        return f"kept: {e}"
+    up, info = train_upsampler(masters.subset("train"), replace(UpsamplerTrainConfig(), steps=steps))
+    scores = evaluate(up, masters.subset("val")) if "val" in masters.split else {}
+    save_upsampler(model_dir, up, {"training": {k: v for k, v in info.items() if k != "history"}, "heldout": scores})
+    log.info("trained a new upsampler on %s (%d masters): %s", ref, info["train_images"], scores)
+    return f"trained on {ref} ({info['train_images']} masters, {info['steps_done']} steps)"
 
 
 def evaluate_candidates(res: Resources, challenger_id: str, decision: dict[str, Any],
@@ -243,6 +280,14 @@ def campaign_csv_key(raw: str, bucket: str) -> str:
     return key
 
 
+def upsampler_version(model_dir: Path) -> str | None:
+    """The model's upsampler version (a hash of its weights), or None: part of a run's identity."""
+    from gen_engine.hashing import sha256_file
+    from gen_engine.models.upsampler import WEIGHTS
+
+    return sha256_file(model_dir / WEIGHTS)[:12] if (model_dir / WEIGHTS).exists() else None
+
+
 def _label_param(value: Any, default: str) -> str:
     """A campaign's ``label`` parameter (none, corner, edge; empty: the settings' default)."""
     from gen_engine.render.csvin import LABELS
@@ -300,7 +345,8 @@ def plan_campaign(res: Resources, params: dict[str, Any]) -> dict[str, Any]:
                                        default_label=_label_param(params.get("label"), settings.render_label))
         plan = prepare(f"s3://{bucket}/{csv_key}" if filed else csv_key, campaign, settings, store,
                        model_ref=pinned, model_id=model["model_id"], backend=params.get("backend") or "auto",
-                       shard_size=int(params.get("shard_size") or settings.render_shard_size), rules=rules)
+                       shard_size=int(params.get("shard_size") or settings.render_shard_size), rules=rules,
+                       upsampler=upsampler_version(model_dir))
     except (CsvError, ValueError) as e:
         if filed:
             finish_campaign(res, csv_key, False, {"error": str(e), "stage": "validate"})
@@ -324,10 +370,12 @@ def _render_env(res: Resources, model_ref: str, backend: str, _thread: int) -> A
     the shards an Airflow worker process renders)."""
     from gen_engine.render.shard import RenderEnv
     from gen_engine.runtime import load_backend
+    from gen_engine.runtime.upscale import load_upscaler
     from gen_engine.text import shared_encoder
 
     model_dir, model = res.registry.resolve(model_ref)
-    return RenderEnv.from_settings(load_backend(backend, model_dir), model, shared_encoder(), res.settings)
+    be = load_backend(backend, model_dir)
+    return RenderEnv.from_settings(be, model, shared_encoder(), res.settings, load_upscaler(be.name, model_dir))
 
 
 def render_planned_shard(res: Resources, plan_key: str, index: int, progress: bool = False) -> dict[str, Any]:

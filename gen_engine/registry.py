@@ -35,9 +35,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODEL_FILES = ("generator.safetensors", "model.json")
-# Travels with a model when present: the discriminator a warm start fine-tunes against (training only).
-OPTIONAL_FILES = ("discriminator.safetensors",)
-COMPILED_FILES = ("generator.onnx", "compile_report.json", "generator.plan", "generator.plan.json")
+# Travels with a model when present: the discriminator a warm start fine-tunes against (training only), and
+# the x4 upsampler that serves sizes above native (models.upsampler).
+OPTIONAL_FILES = ("discriminator.safetensors", "upsampler.safetensors", "upsampler.json")
+COMPILED_FILES = ("generator.onnx", "compile_report.json", "generator.plan", "generator.plan.json", "upsampler.onnx")
 
 
 class ArtifactMismatch(UserError):
@@ -187,6 +188,11 @@ class ModelRegistry:
                                          backend="onnxruntime-text", uri=text["uri"], sha256=text["sha256"],
                                          key={"opset": text["opset"], "encoder": text["package"]}, report=text)
             engines.append("onnxruntime-text")
+        if (up := report.get("upsampler") or {}).get("file"):
+            self.lineage.register_engine(f"{row['model_id']}-upsampler-{up['sha256'][:12]}", row["model_id"],
+                                         backend="onnxruntime-upsampler", uri=row["uri"] + up["file"],
+                                         sha256=up["sha256"], key={"opset": up["opset"]}, report=up)
+            engines.append("onnxruntime-upsampler")
         trt = report.get("tensorrt", {})
         if trt.get("built"):  # pragma: no cover (GPU hosts only)
             plan = Path(model_dir) / trt["file"]

@@ -92,6 +92,37 @@ def check_parity(model_dir: Path, onnx_path: Path) -> dict[str, Any]:
     return {"pairs": len(z), "max_abs_error": err, "tolerance": PARITY_TOL, "passed": err <= PARITY_TOL}
 
 
+def compile_upsampler(model_dir: Path, inputs: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """``upsampler.onnx`` (input ``lr`` (B, 3, H, W) in [0, 1], output ``hr``, dynamic batch and size) with
+    parity against torch on the generator's own renders of the parity inputs; dropped if it misses."""
+    import onnx
+    import onnxruntime as ort
+
+    from gen_engine.models.upsampler import load_upsampler
+
+    up, _ = load_upsampler(model_dir)
+    g, _ = load_generator(model_dir)
+    out = model_dir / "upsampler.onnx"
+    with torch.no_grad():  # not inference_mode: the exporter traces these tensors
+        lr = (g(torch.from_numpy(inputs[0]), torch.from_numpy(inputs[1])).clamp(-1, 1) + 1) / 2
+        ref = up(lr).numpy()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(up, (lr[:2],), str(out), input_names=["lr"], output_names=["hr"],
+                          dynamic_axes={"lr": {0: "batch", 2: "h", 3: "w"}, "hr": {0: "batch", 2: "H", 3: "W"}},
+                          opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    err = float(np.abs(sess.run(["hr"], {"lr": lr.numpy()})[0] - ref).max())
+    parity = {"pairs": len(lr), "max_abs_error": err, "tolerance": PARITY_TOL, "passed": err <= PARITY_TOL}
+    if not parity["passed"]:
+        out.unlink()
+        log.warning("upsampler.onnx parity failed (%.2e > %.0e): the upsampler runs with torch", err, PARITY_TOL)
+        return {"file": None, "parity": parity}
+    return {"file": out.name, "bytes": out.stat().st_size, "sha256": sha256_file(out), "opset": OPSET,
+            "parity": parity}
+
+
 def compile_model(model_dir: Path, text_cache: Path | None = None) -> dict[str, Any]:
     """Export + check + parity (+ TensorRT where present); returns the compile report (also written).
 
@@ -128,6 +159,11 @@ def compile_model(model_dir: Path, text_cache: Path | None = None) -> dict[str, 
                      "python": platform.python_version()},
         "tensorrt": tensorrt_build.build_if_available(model_dir, onnx_path),
     }
+    from gen_engine.models.upsampler import has_upsampler
+
+    if has_upsampler(model_dir):
+        report["upsampler"] = compile_upsampler(model_dir, parity_inputs(json.loads(
+            (model_dir / "model.json").read_text()), 16))
     if text_cache is not None:
         from gen_engine.compile.text_onnx import compile_text_encoder
 

@@ -18,7 +18,7 @@ from gen_engine.render.plan import Plan, part_key
 from gen_engine.sheets import contact_sheet
 
 MANIFEST_COLUMNS = ["object_key", "row_number", "asset", "k", "prompt", "seed", "size", "format", "variety",
-                    "model_id", "engine", "label", "c2pa", "sha256", "bytes"]
+                    "model_id", "engine", "upscale", "label", "c2pa", "sha256", "bytes"]
 
 
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -86,7 +86,7 @@ def finalize(plan: Plan, settings: Settings, store: Storage, lineage: LineageSto
                 pq.ParquetWriter(tmp / "manifest.parquet", schema, compression="zstd") as parquet:
             w = SafeCsvWriter(fcsv, cols)
             for batch in _batches(_jsonl(tmp / "outputs.jsonl"), 20_000):  # one row group per batch
-                rows = [{**{c: o.get(c) for c in MANIFEST_COLUMNS},  # label, c2pa: absent in older parts
+                rows = [{**{c: o.get(c) for c in MANIFEST_COLUMNS},  # upscale, label, c2pa: not in older parts
                          **{f"extra.{k}": str(o.get("extra", {}).get(k, "")) for k in extras}} for o in batch]
                 for row in rows:
                     w.write(row)

@@ -106,12 +106,13 @@ def _fetch_source(source: str, settings: Settings, store: Storage, tmp: Path) ->
 
 def prepare(source: str, campaign: str, settings: Settings, store: Storage, *, model_ref: str = "production",
             model_id: str | None = None, backend: str = "auto", shard_size: int | None = None,
-            rules: RowRules | None = None) -> Plan:
+            rules: RowRules | None = None, upsampler: str | None = None) -> Plan:
     """Validate and plan; raises CsvError when the file as a whole is unusable.
 
     model_ref: how the shards find the model (a model id, or a local model folder); model_id: the id it
     resolved to, part of the run's identity (default ``model_ref``), so an alias must be resolved by the
-    caller. shard_size, rules: default the settings' (``render_shard_size``, `RowRules.from_settings`)."""
+    caller. shard_size, rules: default the settings' (``render_shard_size``, `RowRules.from_settings`).
+    upsampler: the model's upsampler version (another upsampler makes other images: another run)."""
     t0 = time.monotonic()
     shard_size = shard_size or settings.render_shard_size
     rules = rules or RowRules.from_settings(settings)
@@ -121,7 +122,8 @@ def prepare(source: str, campaign: str, settings: Settings, store: Storage, *, m
     with tempfile.TemporaryDirectory() as td:
         path, csv_key = _fetch_source(source, settings, store, Path(td))
         sha = sha256_file(path)
-        run_id = run_identity(slug, sha, model_id or model_ref, backend, shard_size, rules, labelling(settings))
+        run_id = run_identity(slug, sha, model_id or model_ref, backend, shard_size, rules,
+                              labelling(settings) | ({"upsampler": upsampler} if upsampler else {}))
         prefix = f"{slug}/{run_id}/"
         rejected_path = Path(td) / "rejected.jsonl"
         reader = PromptCsv(path, Path(csv_key).name, rules)

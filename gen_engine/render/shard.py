@@ -26,6 +26,7 @@ from gen_engine.models.noise import seed_noise
 from gen_engine.render import imagemeta, labels, provenance
 from gen_engine.render.csvin import RowSpec
 from gen_engine.render.plan import Plan, image_seed, object_key, part_key, shard_rows
+from gen_engine.runtime.upscale import passes_for
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,42 @@ class RenderEnv:
     producer: str = "gen-engine"  # Settings.provenance_producer
     label_text: str = ""  # Settings.render_label_text ("": by the prompt's script)
     embed_source_keys: bool = True  # Settings.render_embed_source_keys
+    upscaler: Any = None  # runtime.upscale.Upscaler of the model, None: sizes above native by Lanczos
 
     @classmethod
-    def from_settings(cls, backend: Any, model: dict[str, Any], encoder: Any, settings: Settings) -> RenderEnv:
+    def from_settings(cls, backend: Any, model: dict[str, Any], encoder: Any, settings: Settings,
+                      upscaler: Any = None) -> RenderEnv:
         signer = provenance.load_signer(settings) if settings.render_c2pa else None
         return cls(backend, model, encoder, settings.render_batch_size, settings.render_io_threads, signer,
-                   settings.provenance_producer, settings.render_label_text, settings.render_embed_source_keys)
+                   settings.provenance_producer, settings.render_label_text, settings.render_embed_source_keys,
+                   upscaler)
+
+
+def upscale_path(spec: RowSpec, env: RenderEnv) -> tuple[int, str]:
+    """(x4 passes, how the delivered size is made): ``native``, ``lanczos`` (no upsampler, or smaller than
+    native), ``upsampler x4`` / ``upsampler x16``, then `` + lanczos`` where the exact size differs."""
+    native = env.backend.resolution
+    if not spec.size or spec.size == (native, native):
+        return 0, "native"
+    passes = passes_for(native, spec.size, env.upscaler.scale) if env.upscaler is not None else 0
+    if not passes:
+        return 0, "lanczos"
+    side = native * env.upscaler.scale**passes
+    return passes, f"upsampler x{env.upscaler.scale**passes}" + ("" if spec.size == (side, side) else " + lanczos")
+
+
+def upscale_batch(imgs: np.ndarray, passes: list[int], env: RenderEnv) -> list[np.ndarray]:
+    """Each image of a batch taken through its number of x4 passes, batched per pass (the second pass in
+    chunks of 4: its inputs are 16x the pixels, and so are the network's activations)."""
+    out: list[np.ndarray] = list(imgs)
+    for p in range(1, max(passes, default=0) + 1):
+        ix = [i for i, n in enumerate(passes) if n >= p]
+        step = len(ix) if p == 1 else 4
+        for c in range(0, len(ix), step):
+            chunk = ix[c:c + step]
+            for i, img in zip(chunk, env.upscaler.upsample(np.stack([out[i] for i in chunk])), strict=True):
+                out[i] = img
+    return out
 
 
 def render_params(plan: Plan, spec: RowSpec, k: int, env: RenderEnv) -> dict[str, Any]:
@@ -58,7 +89,13 @@ def render_params(plan: Plan, spec: RowSpec, k: int, env: RenderEnv) -> dict[str
             "Native size": f"{env.backend.resolution}x{env.backend.resolution}", "Variety": spec.variety,
             "Model": env.model["model_id"], "Engine": env.backend.name, "Format": spec.format,
             "Campaign": plan.campaign, "Asset": spec.asset, "Index": k, "Label": spec.label,
-            "C2PA": "signed" if env.signer is not None else "off"}
+            "C2PA": "signed" if env.signer is not None else "off"} | _upscale_params(spec, env)
+
+
+def _upscale_params(spec: RowSpec, env: RenderEnv) -> dict[str, Any]:
+    passes, path = upscale_path(spec, env)
+    return {"Upscale": path} | ({"Upsampler": env.upscaler.version, "Upscale engine": env.upscaler.name}
+                                if passes else {})
 
 
 def image_id(plan: Plan, spec: RowSpec, k: int) -> str:
@@ -107,7 +144,8 @@ def object_metadata(plan: Plan, spec: RowSpec, k: int, params: dict[str, Any], d
 
 def params_digest(params: dict[str, Any], prompt: str) -> str:
     """Checksum of everything that determines an image; an existing object with it is reused."""
-    blob = json.dumps({k: v for k, v in params.items() if k != "Engine"} | {"prompt": prompt}, sort_keys=True)
+    blob = json.dumps({k: v for k, v in params.items() if k not in ("Engine", "Upscale engine")} | {"prompt": prompt},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -159,7 +197,7 @@ def render_shard(plan: Plan, index: int, settings: Settings, store: Storage, env
     # Text embeddings once per distinct prompt.
     prompts = sorted({spec.prompt for spec, *_ in todo})
     emb = dict(zip(prompts, env.encoder.encode(prompts), strict=True)) if prompts else {}
-    t_infer = t_wait = 0.0
+    t_infer = t_wait = t_upscale = 0.0
     lock = threading.Lock()
     in_flight = threading.BoundedSemaphore(env.batch_size * 4)  # bounded: memory is flat in campaign size
 
@@ -187,6 +225,11 @@ def render_shard(plan: Plan, index: int, settings: Settings, store: Storage, env
             ti = time.monotonic()
             imgs = env.backend.render(z, text)
             t_infer += time.monotonic() - ti
+            passes = [upscale_path(spec, env)[0] for spec, *_ in batch]
+            if any(passes):
+                tu = time.monotonic()
+                imgs = upscale_batch(imgs, passes, env)
+                t_upscale += time.monotonic() - tu
             tw = time.monotonic()
             for img, (spec, k, params, digest) in zip(imgs, batch, strict=True):
                 in_flight.acquire()
@@ -206,11 +249,13 @@ def render_shard(plan: Plan, index: int, settings: Settings, store: Storage, env
     dt = time.monotonic() - t0
     log.info("shard %d done: %d rendered, %d reused in %.1fs (inference %.1fs)", index, len(todo), reused, dt, t_infer)
     return {"shard": index, "rendered": len(todo), "reused": reused, "seconds": dt, "inference_seconds": t_infer,
+            "upscale_seconds": t_upscale,
             "backpressure_seconds": t_wait, "backend": env.backend.name}
 
 
 def _output_row(spec: RowSpec, k: int, key: str, params: dict[str, Any], sha: str, nbytes: int) -> dict[str, Any]:
     return {"object_key": key, "row_number": spec.row_number, "asset": spec.asset, "k": k, "prompt": spec.prompt,
             "seed": params["Seed"], "size": params["Size"], "format": spec.format, "variety": spec.variety,
-            "model_id": params["Model"], "engine": params["Engine"], "label": spec.label, "c2pa": params["C2PA"],
+            "model_id": params["Model"], "engine": params["Engine"], "upscale": params["Upscale"],
+            "label": spec.label, "c2pa": params["C2PA"],
             "sha256": sha, "bytes": nbytes, "extra": spec.extra}

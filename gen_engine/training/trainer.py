@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -27,6 +28,9 @@ from gen_engine.models.artifact import model_id_for, save_model
 from gen_engine.models.encoder import ImageEncoder, encoder_meta, load_encoder, save_encoder
 from gen_engine.models.gan import Discriminator, Generator, to_uint8
 from gen_engine.models.noise import seed_noise
+from gen_engine.models.upsampler import META as UP_META
+from gen_engine.models.upsampler import WEIGHTS as UP_WEIGHTS
+from gen_engine.models.upsampler import has_upsampler
 from gen_engine.sheets import image_grid
 from gen_engine.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from gen_engine.training.config import TrainConfig
@@ -62,6 +66,7 @@ class Trainer:
         self.g = Generator(cfg.gan)
         self.d = Discriminator(cfg.gan, cfg.d_res_init)
         self.parent: str | None = None
+        self.parent_dir: Path | None = None
         if init is not None:
             self._warm_start(Path(init), parent)  # the champion's text statistics come with its weights
         elif cfg.text_norm:
@@ -96,6 +101,7 @@ class Trainer:
         if (model_dir / "discriminator.safetensors").exists():
             self.d.load_state_dict(load_file(model_dir / "discriminator.safetensors"))
         self.parent = parent or model_id_for(model_dir, meta.get("name", "generator"))
+        self.parent_dir = model_dir
         log.info("warm start from %s (%s)", self.parent, model_dir)
 
     def _guide(self) -> ImageEncoder:
@@ -246,7 +252,13 @@ class Trainer:
                 "dataset_version": self.data.version, "code_version": code_version(),
                 "sample_prompts": self.sample_prompts, "parent_model": self.parent,
                 "precision": {"bf16": self.autocast, "reason": self.precision_reason}, **(extra or {})}
-        return save_model(self.run_dir / "model", self.g_ema, meta, d=self.d)
+        out = save_model(self.run_dir / "model", self.g_ema, meta, d=self.d)
+        if self.parent_dir is not None and has_upsampler(self.parent_dir):
+            # The upsampler learned the look of the dataset's 64 px images, not this generator's weights:
+            # a warm-started model keeps its parent's until `genengine train-upsampler` trains another.
+            for f in (UP_WEIGHTS, UP_META):
+                shutil.copyfile(self.parent_dir / f, out / f)
+        return out
 
 
 def pick_prompts(data: TrainData, k: int = 8) -> list[str]:

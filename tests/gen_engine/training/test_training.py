@@ -318,6 +318,9 @@ def test_warm_start_loads_the_champion_exactly_and_records_its_parent(tmp_path: 
     champion = Trainer(cfg, two_caption_data(32), tmp_path / "champion")
     champion.train(progress=False)
     champ_dir = champion.export()
+    from gen_engine.models.upsampler import Upsampler, UpsamplerConfig, save_upsampler
+
+    save_upsampler(champ_dir, Upsampler(UpsamplerConfig(features=8, body=1)), {"dataset_version_id": "dv"})
     other = two_caption_data(16)  # new data: its text statistics must not replace the champion's
     zero = Trainer(cfg.model_copy(update={"init_from": str(champ_dir)}), other, tmp_path / "zero",
                    init=champ_dir, parent="generator-champion")
@@ -329,6 +332,8 @@ def test_warm_start_loads_the_champion_exactly_and_records_its_parent(tmp_path: 
     for (k, a), b in zip(champion.d.state_dict().items(), zero.d.state_dict().values(), strict=True):
         assert torch.equal(a, b), f"D.{k}"
     assert meta["parent_model"] == "generator-champion" and meta["train_config"]["init_from"] == str(champ_dir)
+    for f in ("upsampler.safetensors", "upsampler.json"):  # the champion's upsampler comes along
+        assert (fine_dir / f).read_bytes() == (champ_dir / f).read_bytes()
     zero.train(progress=False)  # and it fine-tunes from there
     assert zero.step == 3 and not torch.equal(zero.g_ema.fc.weight, g_champ.fc.weight)
     wider = cfg.model_copy(update={"nf": 16})
