@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -56,14 +57,25 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also the libraries' INFO lines (Great "
+                                                                     "Expectations, transformers, Airflow...) "
+                                                                     "and our DEBUG lines.")) -> None:
+    """Our own INFO lines by default, third-party libraries only from WARNING up (their INFO chatter buried
+    ours); ``-v`` brings theirs back and adds our DEBUG lines."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)  # also where handlers existed
+    logging.getLogger("gen_engine").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no "Loading weights" bar per encoder load
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @app.command()
 def config(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
-    """Print the resolved settings (environment GEN_*, .env, defaults) with secrets masked."""
+    """Print the resolved settings (environment GEN_*, .env, defaults) with secrets masked.
+
+    Example: genengine config --json
+    """
     described = get_settings().describe()
     if as_json:
         typer.echo(json.dumps(described, indent=2, default=str))
@@ -79,7 +91,10 @@ def config(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 def services_up(
     airflow: bool = typer.Option(True, help="Also prepare the Airflow home (DB, connection, pool)."),
 ) -> None:
-    """Start the local S3 server (unless GEN_S3_ENDPOINT points elsewhere) and prepare Airflow."""
+    """Start the local S3 server (unless GEN_S3_ENDPOINT points elsewhere) and prepare Airflow.
+
+    Example: genengine services up
+    """
     from gen_engine.infra.services import LocalS3, init_airflow_home
 
     res = resources()
@@ -102,21 +117,27 @@ def services_up(
 @services_app.command("down")
 @friendly
 def services_down() -> None:
-    """Stop the local S3 server started by `services up` (only that process)."""
+    """Stop the local S3 server started by `services up` (only that process).
+
+    Example: genengine services down
+    """
     from gen_engine.demo import stop_standalone
     from gen_engine.infra.services import LocalS3
 
     s = get_settings()
     if stop_standalone(s):
         console.print("airflow standalone stopped")
-    stopped = LocalS3.from_settings(s).stop() if s.uses_local_s3 else False
+    stopped = LocalS3.handle(s).stop() if s.uses_local_s3 else False
     console.print("local S3 stopped" if stopped else "no local S3 server of ours was running")
 
 
 @services_app.command("status")
 @friendly
 def services_status() -> None:
-    """Say which local services run, and whether S3 answers (checked only where credentials are set)."""
+    """Say which local services run, and whether S3 answers (checked only where credentials are set).
+
+    Example: genengine services status
+    """
     from gen_engine.infra.services import local_status
 
     s = get_settings()
@@ -138,7 +159,10 @@ def dataset_synth(
     size: int = typer.Option(64, min=8, max=1024, help="Image side in pixels."),
     seed: int = typer.Option(0, help="Same seed, same dataset."),
 ) -> None:
-    """Write the synthetic captioned-shapes dataset in the imagefolder layout."""
+    """Write the synthetic captioned-shapes dataset in the imagefolder layout.
+
+    Example: genengine dataset synth --out data/shapes --n 10000 --size 64 --seed 0
+    """
     from gen_engine.datasets.synth import write_imagefolder
 
     meta = write_imagefolder(out, n, size, seed)
@@ -155,7 +179,10 @@ def dataset_starter(
     skin_tones: bool = typer.Option(False, help="Also the skin-tone variants (~2,000 more people per set)."),
     limit: int | None = typer.Option(None, min=1, help="At most this many artworks per set (a slice)."),
 ) -> None:
-    """Build the starter dataset: openly licensed emoji artwork with CLDR captions, offline."""
+    """Build the starter dataset: openly licensed emoji artwork with CLDR captions, offline.
+
+    Example: genengine dataset starter --out data/starter
+    """
     from gen_engine.datasets.starter import SETS, build
 
     chosen = tuple(x.strip() for x in sets.split(",") if x.strip())
@@ -176,7 +203,10 @@ def dataset_ingest(
     size: int = typer.Option(get_settings().ingest_image_size, help="Side of the stored training images "
                                                                     "(GEN_INGEST_IMAGE_SIZE)."),
 ) -> None:
-    """Validate a drop (Great Expectations), quarantine bad records, publish a versioned curated dataset."""
+    """Validate a drop (Great Expectations), quarantine bad records, publish a versioned curated dataset.
+
+    Example: genengine dataset ingest data/drop.zip --name shapes
+    """
     from dataclasses import replace
 
     from gen_engine.datasets.ingest import CurationConfig, DropRejected, ingest
@@ -197,7 +227,10 @@ def dataset_ingest(
 @dataset_app.command("list")
 @friendly
 def dataset_list() -> None:
-    """Datasets and their latest versions."""
+    """Datasets and their latest versions.
+
+    Example: genengine dataset list
+    """
     table = Table("dataset", "versions", "latest")
     for d in resources().lineage.datasets():
         table.add_row(d["name"], str(d["versions"]), f"v{d['latest']}" if d["latest"] else "-")
@@ -207,7 +240,10 @@ def dataset_list() -> None:
 @dataset_app.command("show")
 @friendly
 def dataset_show(name: str, version: int | None = typer.Option(None, help="Default: the latest.")) -> None:
-    """One version's card: counts, rejects by reason, histograms, location."""
+    """One version's card: counts, rejects by reason, histograms, location.
+
+    Example: genengine dataset show starter --version 1
+    """
     row = resources().lineage.dataset_version(name, version)
     if row is None:
         which = f"{name} v{version}" if version else name
@@ -231,7 +267,10 @@ def train(
     alias: str | None = typer.Option(None, help="With --publish: point this alias (e.g. production) at it."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
 ) -> None:
-    """Train (or resume) a generator; writes checkpoints, sample grids, a loss curve and model/."""
+    """Train (or resume) a generator; writes checkpoints, sample grids, a loss curve and model/.
+
+    Example: genengine train --config configs/demo.yaml --data starter --out runs/ft --init-from production --publish
+    """
     from gen_engine.datasets.curated import TrainData
     from gen_engine.training.config import TrainConfig
     from gen_engine.training.trainer import Trainer
@@ -265,7 +304,10 @@ def train(
 def models_bootstrap(
     compile_it: bool = typer.Option(True, "--compile/--no-compile", help="Also compile it (ONNX) as a promotion does."),
 ) -> None:
-    """Publish the shipped starter model as production when the registry has none (else do nothing)."""
+    """Publish the shipped starter model as production when the registry has none (else do nothing).
+
+    Example: genengine models bootstrap
+    """
     from gen_engine.bootstrap import bootstrap
 
     r = bootstrap(resources(), compile_it=compile_it)
@@ -280,7 +322,10 @@ def models_train_starter(
     device: str = typer.Option("cpu", help="cpu (reproducible on one kind of machine) | cuda | auto"),
     steps: int | None = typer.Option(None, help="Override the recipe's step count (not for the shipped model)."),
 ) -> None:
-    """Build the starter data and train the shipped starter model (configs/starter64.yaml, fixed steps)."""
+    """Build the starter data and train the shipped starter model (configs/starter64.yaml, fixed steps).
+
+    Example: genengine models train-starter
+    """
     from gen_engine.bootstrap import train_starter
 
     console.print(f"starter model written to {train_starter(out, work, device=device, steps=steps)}")
@@ -295,7 +340,10 @@ def evaluate(
     out: Path | None = typer.Option(None, help="JSONL file the metrics are appended to; default: metrics.jsonl "
                                                 "in the training run folder of a local model, else here."),
 ) -> None:
-    """Frechet distance, R-precision, cosine (and colour/shape accuracy on synthetic shapes) on held-out data."""
+    """Frechet distance, R-precision, cosine (and colour/shape accuracy on synthetic shapes) on held-out data.
+
+    Example: genengine evaluate --model runs/ft/model --data starter
+    """
     from gen_engine.datasets.curated import TrainData
     from gen_engine.evaluation import append_metrics, evaluate_model
 
@@ -331,7 +379,10 @@ def sample(
     n: int = typer.Option(8, "-n", min=1, max=64, help="Number of images."),
     out: Path = typer.Option(Path("grid.png"), help="PNG grid to write."),
 ) -> None:
-    """Render one prompt with n seeds into a PNG grid."""
+    """Render one prompt with n seeds into a PNG grid.
+
+    Example: genengine sample --model production --prompt "a red heart sticker" --seed 0 -n 8 --out grid.png
+    """
     import numpy as np
 
     from gen_engine.models.noise import seed_noise
@@ -350,7 +401,10 @@ def sample(
 @app.command("compile")
 @friendly
 def compile_cmd(model: str = typer.Option("production", help="Alias or model id to compile.")) -> None:
-    """Export the generator to ONNX (parity-checked), build TensorRT where present, publish beside the model."""
+    """Export the generator to ONNX (parity-checked), build TensorRT where present, publish beside the model.
+
+    Example: genengine compile --model production
+    """
     from gen_engine.orchestration import compile_and_register
 
     res = resources()
@@ -379,7 +433,10 @@ def render(
                                        "or edge (default: GEN_RENDER_LABEL)."),
 ) -> None:
     """Render a prompt CSV into s3://renders/<campaign>/<run>/: the campaign_render DAG's steps in one
-    process (a CSV in incoming/ is claimed and filed; any other source is read where it is)."""
+    process (a CSV in incoming/ is claimed and filed; any other source is read where it is).
+
+    Example: genengine render s3://campaigns/incoming/spring_sale.csv --label corner
+    """
     from gen_engine.orchestration import run_campaign
 
     res = resources()
@@ -399,7 +456,10 @@ def render(
 def lineage_cmd(
     target: str = typer.Argument(..., help="An image's object key, s3:// URL, or a local image file."),
 ) -> None:
-    """Trace an image: run -> CSV -> row -> prompt/seed -> model -> dataset -> training config -> code."""
+    """Trace an image: run -> CSV -> row -> prompt/seed -> model -> dataset -> training config -> code.
+
+    Example: genengine lineage renders/spring_sale/<run>/images/hero-red-heart_0.png
+    """
     from gen_engine.render.imagemeta import read_provenance
 
     res = resources()
@@ -504,7 +564,10 @@ def verify(
 @app.command()
 @friendly
 def demo() -> None:
-    """Synthetic dataset -> demo training -> publish -> the example campaign rendered into S3."""
+    """Synthetic dataset -> demo training -> publish -> the example campaign rendered into S3.
+
+    Example: genengine demo   (or: make demo)
+    """
     from gen_engine.demo import run_demo
 
     run_demo(console)

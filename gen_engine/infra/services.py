@@ -109,6 +109,12 @@ class LocalS3:
         return cls(s.local_dir / "s3", S3Ports.from_settings(s), s.s3_access_key.get_secret_value(),
                    s.s3_secret_key.get_secret_value())
 
+    @classmethod
+    def handle(cls, s: Settings) -> LocalS3:
+        """The server of these settings for `stop` and `pid` only, which need no credentials (a user
+        stopping it may have none set)."""
+        return cls(s.local_dir / "s3", S3Ports.from_settings(s), "", "")
+
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.ports.s3}"

@@ -109,6 +109,10 @@ def test_services_status_says_what_runs_without_needing_s3_credentials(tmp_path)
     assert out.returncode == 0, out.stderr
     assert "local S3 server: not running" in out.stdout and "airflow standalone: not running" in out.stdout
     assert "not checked, no credentials" in out.stdout
+    down = subprocess.run([sys.executable, "-m", "gen_engine.cli", "services", "down"], env=env, capture_output=True,
+                          text=True)
+    assert down.returncode == 0, down.stderr  # stopping needs no credentials either
+    assert "no local S3 server of ours was running" in down.stdout
 
 
 def test_task_routing_is_typed_and_refuses_unknown_kinds() -> None:
@@ -119,3 +123,42 @@ def test_task_routing_is_typed_and_refuses_unknown_kinds() -> None:
     assert s.task_route("other") == {"queue": "default"}
     with pytest.raises(ValueError, match="unknown task kind"):
         Settings(airflow_gpu_tasks="train,rendering")
+
+
+def test_every_command_shows_an_example_and_libraries_are_quiet_unless_verbose() -> None:
+    import logging
+
+    import typer.main
+
+    from gen_engine.cli import app
+
+    group = typer.main.get_command(app)
+    todo = [([], group)]
+    seen = 0
+    while todo:
+        path, cmd = todo.pop()
+        for name, sub in getattr(cmd, "commands", {}).items():
+            if getattr(sub, "commands", None):
+                todo.append(([*path, name], sub))
+                continue
+            res = CliRunner().invoke(app, [*path, name, "--help"])
+            assert res.exit_code == 0 and "Example:" in res.output, (path, name, res.output)
+            seen += 1
+    assert seen >= 20
+    before = logging.getLogger().level
+    try:
+        _check_levels(app)
+    finally:  # the CLI sets process-wide levels: give the rest of the session its own back
+        logging.getLogger().setLevel(before)
+        logging.getLogger("gen_engine").setLevel(logging.NOTSET)
+
+
+def _check_levels(app) -> None:
+    import logging
+
+    CliRunner().invoke(app, ["config", "--json"])
+    assert logging.getLogger("httpx").getEffectiveLevel() == logging.WARNING  # any library: from the root
+    assert logging.getLogger("gen_engine.render").getEffectiveLevel() == logging.INFO
+    CliRunner().invoke(app, ["-v", "config", "--json"])
+    assert logging.getLogger("httpx").getEffectiveLevel() == logging.INFO
+    assert logging.getLogger("gen_engine.render").getEffectiveLevel() == logging.DEBUG
