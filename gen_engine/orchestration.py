@@ -354,6 +354,7 @@ def plan_campaign(res: Resources, params: dict[str, Any]) -> dict[str, Any]:
     # The run is on record from here on, so a run that fails while rendering shows as failed, not as nothing.
     res.lineage.start_run(plan.run_id, plan.campaign, csv_key=plan.csv_key, csv_sha256=plan.csv_sha256,
                           model_id=model["model_id"], backend=plan.backend)
+    res.lineage.plan_progress(plan.run_id, [(s["index"], s["images"]) for s in plan.shards])
     return {"plan_key": f"{plan.prefix}work/plan.json", "csv_key": csv_key, "campaign": plan.campaign,
             "run_id": plan.run_id, "shards": plan.shards, "stats": plan.stats, "filed": filed}
 
@@ -383,7 +384,8 @@ def render_planned_shard(res: Resources, plan_key: str, index: int, progress: bo
 
     plan = _load_plan(res, plan_key)
     env = _render_env(res, plan.model_ref, plan.backend, threading.get_ident())  # backends are per thread
-    return render_shard(plan, index, res.settings, res.storage, env, progress=progress)
+    return render_shard(plan, index, res.settings, res.storage, env, progress=progress,
+                        report=lambda done, total: res.lineage.shard_progress(plan.run_id, index, done, total))
 
 
 def _finalize(res: Resources, plan_key: str, results: list[dict[str, Any]], file: bool = True) -> dict[str, Any]:

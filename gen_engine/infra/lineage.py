@@ -273,6 +273,41 @@ class LineageStore:
         self.finish_run(run_id, status="failed", counts={**counts, "images": 0},
                         summary={"error": error[:500], "csv_key": csv_key})
 
+    def plan_progress(self, run_id: str, shards: Iterable[tuple[int, int]]) -> None:
+        """One progress row per planned shard (index, images), nothing done; a resumed run keeps its rows."""
+        rows = [{"run_id": run_id, "shard": i, "images_done": 0, "images_total": n, "started_at": None,
+                 "updated_at": utcnow()} for i, n in shards]
+        self._bulk_insert_ignore("render_progress", rows, ("run_id", "shard"))
+
+    def shard_progress(self, run_id: str, shard: int, done: int, total: int) -> None:
+        """A shard's images done so far (its first report also records when it started)."""
+        now = utcnow()
+        with self.engine.begin() as c:
+            n = c.execute(sa.text(
+                "UPDATE render_progress SET images_done = :d, images_total = :t, updated_at = :now, "
+                "started_at = COALESCE(started_at, :now) WHERE run_id = :r AND shard = :s"),
+                {"d": done, "t": total, "now": now, "r": run_id, "s": shard}).rowcount
+            if not n:
+                _insert_ignore(c, "render_progress", {"run_id": run_id, "shard": shard, "images_done": done,
+                                                      "images_total": total, "started_at": now, "updated_at": now},
+                               key="run_id, shard")
+
+    def progress(self, run_id: str) -> dict[str, Any] | None:
+        """Shards and images done of planned, images/s since the first shard started, seconds left."""
+        rows = self._all("SELECT * FROM render_progress WHERE run_id = :r", r=run_id)
+        if not rows:
+            return None
+        done, total = sum(r["images_done"] for r in rows), sum(r["images_total"] for r in rows)
+        starts = [r["started_at"] for r in rows if r["started_at"]]
+        rate = None
+        if starts and done:
+            span = (datetime.fromisoformat(max(r["updated_at"] for r in rows))
+                    - datetime.fromisoformat(min(starts))).total_seconds()
+            rate = done / span if span > 0 else None
+        return {"shards_done": sum(r["images_done"] >= r["images_total"] for r in rows), "shards_total": len(rows),
+                "images_done": done, "images_total": total, "images_per_s": rate,
+                "eta_s": (total - done) / rate if rate else None}
+
     def run(self, run_id: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM render_runs WHERE run_id = :r", r=run_id)
 

@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,8 +182,9 @@ def pending_images(plan: Plan, index: int, specs: list[RowSpec], env: RenderEnv,
 
 
 def render_shard(plan: Plan, index: int, settings: Settings, store: Storage, env: RenderEnv,
-                 progress: bool = False) -> dict[str, Any]:
-    """Render one shard (resumable); returns its counts and timings."""
+                 progress: bool = False, report: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Render one shard (resumable); returns its counts and timings. ``report(done, total)``: called as
+    images are handed to the encoders (every 10 batches) and at the end, for the Campaigns page."""
     bucket = settings.bucket_renders
     part = part_key(plan, index, env.model["model_id"])
     if store.exists(bucket, part):
@@ -238,6 +240,7 @@ def render_shard(plan: Plan, index: int, settings: Settings, store: Storage, env
             bar.update(len(batch))
             if b // env.batch_size % 10 == 0:
                 log.info("shard %d: %d/%d images", index, min(b + len(batch), len(todo)), len(todo))
+                _report(report, reused + b + len(batch), shard["images"])
         for f in futures:
             f.result()  # re-raise the first upload failure: the shard fails, a rerun resumes it
     bar.close()
@@ -246,11 +249,21 @@ def render_shard(plan: Plan, index: int, settings: Settings, store: Storage, env
     assert len(outputs) == shard["images"], (len(outputs), shard["images"])
     body = "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in outputs).encode("utf-8")
     store.put_bytes(bucket, part, body, content_type="application/x-ndjson")
+    _report(report, len(outputs), shard["images"])
     dt = time.monotonic() - t0
     log.info("shard %d done: %d rendered, %d reused in %.1fs (inference %.1fs)", index, len(todo), reused, dt, t_infer)
     return {"shard": index, "rendered": len(todo), "reused": reused, "seconds": dt, "inference_seconds": t_infer,
             "upscale_seconds": t_upscale,
             "backpressure_seconds": t_wait, "backend": env.backend.name}
+
+
+def _report(report: Callable[[int, int], None] | None, done: int, total: int) -> None:
+    """Progress is for people watching: a failure to record it never fails the shard."""
+    if report is not None:
+        try:
+            report(min(done, total), total)
+        except Exception:  # the lineage database busy or away: the next report will do
+            log.debug("progress report failed", exc_info=True)
 
 
 def _output_row(spec: RowSpec, k: int, key: str, params: dict[str, Any], sha: str, nbytes: int) -> dict[str, Any]:

@@ -1,4 +1,7 @@
-"""The "Campaigns" page in the Airflow UI: campaigns, runs, counts, status, throughput, model, galleries.
+"""The "Campaigns" page in the Airflow UI: runs newest first with their status (a failed one with its
+reason), live progress while they render (shards and images done, images/s, time left; the page polls
+``/api/runs``, no reload), thumbnails, filters by campaign and status, links to the gallery, manifests,
+rejected rows, validation report and the DAG's runs; a run page; the whole run as one streamed zip.
 
 A FastAPI app mounted by the plugin at ``/campaigns``. Read-only. Airflow does not authenticate
 plugin apps, so every route depends on Airflow's own ``get_user`` (the UI's session cookie or a
@@ -10,12 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import html
+import io
 import json
+import zipfile
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException
-from fastapi.responses import HTMLResponse
+from fastapi.concurrency import iterate_in_threadpool
+from fastapi.responses import HTMLResponse, StreamingResponse
 
 try:  # the API server has it; the dependency is what puts the app behind Airflow's authentication
     from airflow.api_fastapi.core_api.security import get_user
@@ -27,10 +34,18 @@ except ImportError:  # pragma: no cover
 # so they would answer anonymous callers (and describe the routes to them).
 app = FastAPI(title="Campaigns", dependencies=[Depends(get_user)], docs_url=None, redoc_url=None, openapi_url=None)
 e = html.escape
-_CSS = ("body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}.grid{display:grid;"
-        "grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px}figure{margin:0}"
-        "img{width:100%;border-radius:4px}figcaption{font-size:.8rem}")
+_CSS = (":root{color-scheme:light dark;--fg:#1f2328;--muted:#656d76;--line:#d0d7de;--bar:#2da44e;--bad:#cf222e}"
+        "@media (prefers-color-scheme:dark){:root{--fg:#e6edf3;--muted:#8d96a0;--line:#30363d;--bar:#3fb950;"
+        "--bad:#f85149}}"
+        "body{font-family:system-ui,sans-serif;margin:1.5rem;color:var(--fg)}table{border-collapse:collapse}"
+        "td,th{border:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}"
+        ".muted{color:var(--muted);font-size:.85rem}.failed{color:var(--bad)}"
+        ".bar{width:9rem;height:.5rem;border:1px solid var(--line);border-radius:3px;overflow:hidden}"
+        ".bar>i{display:block;height:100%;background:var(--bar)}"
+        ".strip img{height:40px;width:40px;object-fit:cover;border-radius:3px;margin-right:2px}"
+        ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px}figure{margin:0}"
+        "img{max-width:100%;border-radius:4px}figcaption{font-size:.8rem}form{margin:0 0 1rem}")
+STATUSES = ("running", "success", "failed")
 
 
 def _stores() -> tuple[Any, Any, Any]:
@@ -41,34 +56,111 @@ def _stores() -> tuple[Any, Any, Any]:
     return res.settings, res.storage, res.lineage
 
 
-def _runs() -> list[dict[str, Any]]:
-    _, _, lineage = _stores()
+def _runs(status: str = "", campaign: str = "", thumbs: int = 0) -> list[dict[str, Any]]:
+    """Render runs, newest first, with their progress, links (presigned) and a few thumbnails."""
+    s, store, lineage = _stores()
     out = []
-    for r in lineage.runs(limit=200):
+    for r in lineage.runs(campaign=campaign or None, limit=200):
+        if status and r["status"] != status:
+            continue
         summary = json.loads(r.pop("summary_json") or "{}")
-        out.append({**r, "throughput_images_per_s": summary.get("throughput_images_per_s"),
-                    "prefix": summary.get("prefix")})
+        prefix = summary.get("prefix") or f"{r['campaign']}/{r['run_id']}/"
+        url = lambda key: store.presigned_get(s.bucket_renders, key, expires=timedelta(hours=1))  # noqa: E731,B023
+        model = lineage.model(r["model_id"]) if r.get("model_id") else None
+        out.append({**r, "throughput_images_per_s": summary.get("throughput_images_per_s"), "prefix": prefix,
+                    "error": summary.get("error"), "progress": lineage.progress(r["run_id"]),
+                    "model_version": model["version"] if model else None,
+                    "dataset_version_id": model["dataset_version_id"] if model else None,
+                    "links": {name: url(prefix + f) for name, f in (
+                        ("gallery", "index.html"), ("manifest.csv", "manifest.csv"),
+                        ("manifest.parquet", "manifest.parquet"), ("rejected.csv", "rejected.csv"),
+                        ("validation", "validation.json"))} | {"Airflow runs": "../dags/campaign_render"}
+                    if r["status"] == "success" else {"Airflow runs": "../dags/campaign_render"},
+                    "thumbnails": [url(o["object_key"]) for o in lineage.run_outputs(r["run_id"], thumbs)]
+                    if thumbs else []})
     return out
 
 
 @app.get("/api/runs")
-async def api_runs() -> list[dict[str, Any]]:
-    """Every render run, newest first (JSON)."""
-    return await asyncio.to_thread(_runs)
+async def api_runs(status: str = "", campaign: str = "") -> list[dict[str, Any]]:
+    """Every render run, newest first (JSON), with its progress: the page polls this while runs render."""
+    return await asyncio.to_thread(_runs, status if status in STATUSES else "", campaign)
+
+
+def _progress_cell(r: dict[str, Any]) -> str:
+    p = r.get("progress")
+    if r["status"] == "failed":
+        return f"<span class='failed'>failed</span><div class='muted'>{e(r.get('error') or '')}</div>"
+    if not p:
+        return e(r["status"])
+    pct = 100 * p["images_done"] / max(p["images_total"], 1)
+    rate = f" · {p['images_per_s']:.1f} img/s" if p.get("images_per_s") else ""
+    eta = f" · {p['eta_s']:.0f}s left" if r["status"] == "running" and p.get("eta_s") else ""
+    return (f"{e(r['status'])}<div class='bar'><i style='width:{pct:.0f}%'></i></div><div class='muted'>"
+            f"shards {p['shards_done']}/{p['shards_total']} · images {p['images_done']}/{p['images_total']}"
+            f"{rate}{eta}</div>")
+
+
+# While a run renders, the page asks /api/runs every 3 s and replaces the progress cells (no reload);
+# it stops asking once nothing runs. Text goes in through textContent-free DOM building: no HTML from data.
+_POLL = """<script>
+(function(){
+  function cell(r){
+    const p=r.progress, d=document.createElement('td'); d.className='progress';
+    if(!p){d.textContent=r.status;return d}
+    d.append(r.status);
+    const bar=document.createElement('div'); bar.className='bar'; const i=document.createElement('i');
+    i.style.width=(100*p.images_done/Math.max(p.images_total,1)).toFixed(0)+'%'; bar.append(i); d.append(bar);
+    const m=document.createElement('div'); m.className='muted';
+    m.textContent='shards '+p.shards_done+'/'+p.shards_total+' · images '+p.images_done+'/'+p.images_total+
+      (p.images_per_s?' · '+p.images_per_s.toFixed(1)+' img/s':'')+
+      (r.status==='running'&&p.eta_s?' · '+p.eta_s.toFixed(0)+'s left':'');
+    d.append(m); return d;
+  }
+  async function tick(){
+    const res=await fetch('api/runs'+location.search,{credentials:'same-origin'}); if(!res.ok)return;
+    const runs=await res.json(); let running=false;
+    for(const r of runs){
+      const row=document.querySelector('tr[data-run="'+CSS.escape(r.run_id)+'"]'); if(!row)continue;
+      if(r.status==='running')running=true;
+      const old=row.querySelector('td.progress'); if(old&&r.status!=='failed')old.replaceWith(cell(r));
+      row.dataset.status=r.status;
+    }
+    if(running)setTimeout(tick,3000);
+  }
+  if(document.querySelector('tr[data-status="running"]'))setTimeout(tick,3000);
+})();
+</script>"""
+
+
+def _strip(r: dict[str, Any]) -> str:
+    return "".join(f"<img loading='lazy' alt='thumbnail' src='{e(u)}'>" for u in r["thumbnails"])
+
+
+def _links(r: dict[str, Any]) -> str:
+    return " · ".join(f"<a href='{e(u)}'>{e(name)}</a>" for name, u in r["links"].items())
 
 
 @app.get("/", response_class=HTMLResponse)
-async def index() -> str:
-    runs = await asyncio.to_thread(_runs)
+async def index(status: str = "", campaign: str = "") -> str:
+    status = status if status in STATUSES else ""
+    runs = await asyncio.to_thread(_runs, status, campaign, 6)
+    options = "".join(f"<option value='{v}'{' selected' if v == status else ''}>{v or 'any status'}</option>"
+                      for v in ("", *STATUSES))
     rows = "".join(
-        f"<tr><td>{e(r['campaign'])}</td><td><a href='runs/{e(r['run_id'])}'>{e(r['run_id'])}</a></td>"
-        f"<td>{e(r['status'])}</td><td>{r['rows_read']}</td><td>{r['rows_accepted']}</td><td>{r['rows_rejected']}</td>"
-        f"<td>{r['images']}</td><td>{(r['throughput_images_per_s'] or 0):.1f}</td><td>{e(str(r['model_id']))}</td>"
-        f"<td>{e(r['started_at'])}</td></tr>" for r in runs)
+        f"<tr data-run='{e(r['run_id'])}' data-status='{e(r['status'])}'><td>{e(r['campaign'])}</td>"
+        f"<td><a href='runs/{e(r['run_id'])}'>{e(r['run_id'])}</a><div class='muted'>{e(r['started_at'])}</div></td>"
+        f"<td class='progress'>{_progress_cell(r)}</td>"
+        f"<td>{r['rows_read']} read<div class='muted'>{r['rows_accepted']} accepted · {r['rows_rejected']} rejected"
+        f"</div></td><td>{r['images']}</td><td>{(r['throughput_images_per_s'] or 0):.1f}</td>"
+        f"<td>{e(str(r['model_id']))}<div class='muted'>v{e(str(r['model_version']))} · data "
+        f"{e(str(r['dataset_version_id']))}</div></td>"
+        f"<td class='strip'>{_strip(r)}</td><td>{_links(r)}</td></tr>" for r in runs)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Campaigns</title><style>{_CSS}</style></head>"
-            "<body><h1>Campaigns</h1><table><tr><th>campaign</th><th>run</th><th>status</th><th>rows read</th>"
-            "<th>accepted</th><th>rejected</th><th>images</th><th>images/s</th><th>model</th><th>started</th></tr>"
-            f"{rows}</table></body></html>")
+            "<body><h1>Campaigns</h1><form method='get'><input name='campaign' placeholder='campaign' "
+            f"value='{e(campaign)}'> <select name='status'>{options}</select> <button>filter</button></form>"
+            "<table><tr><th>campaign</th><th>run</th><th>status</th><th>rows</th><th>images</th><th>images/s</th>"
+            f"<th>model</th><th>thumbnails</th><th>outputs</th></tr>{rows}</table>{_POLL}</body></html>")
 
 
 def _gallery(run_id: str, limit: int) -> str:
@@ -89,7 +181,8 @@ def _gallery(run_id: str, limit: int) -> str:
             f"<p>run {e(run_id)} · {e(run['status'])} · {run['rows_read']} rows read = "
             f"{run['rows_accepted']} accepted + {run['rows_rejected']} rejected + {run['rows_blank']} blank · "
             f"{run['images']} images · model "
-            f"{e(str(run['model_id']))} · CSV {e(run['csv_key'])}</p><div class='grid'>{figs}</div>"
+            f"{e(str(run['model_id']))} · CSV {e(run['csv_key'])} · <a href='{e(run_id)}/download.zip'>download the "
+            f"whole run (zip)</a></p><div class='grid'>{figs}</div>"
             f"<h2>Rejected rows ({len(rej)})</h2><table><tr><th>row</th><th>reason</th></tr>{rej_rows}</table>"
             "</body></html>")
 
@@ -97,3 +190,54 @@ def _gallery(run_id: str, limit: int) -> str:
 @app.get("/runs/{run_id}", response_class=HTMLResponse)
 async def gallery(run_id: str, limit: int = 200) -> str:
     return await asyncio.to_thread(_gallery, run_id, min(max(limit, 1), 1000))
+
+
+class _Chunks(io.RawIOBase):
+    """A write-only, non-seekable sink whose bytes are taken out as they come (zipfile then writes data
+    descriptors instead of seeking back)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self.parts.append(bytes(b))
+        return len(b)
+
+    def take(self) -> bytes:
+        out, self.parts = b"".join(self.parts), []
+        return out
+
+
+def _zip_run(run_id: str) -> Iterator[bytes]:
+    """Every object of a finished run (images, manifests, gallery, reports) as a zip, streamed: one object
+    in memory at a time, whatever the run's size. Names stay under the run's own folder."""
+    s, store, lineage = _stores()
+    run = lineage.run(run_id)
+    assert run is not None  # checked by the route (`_check_finished`) before the response starts
+    prefix = f"{run['campaign']}/{run_id}/"
+    sink = _Chunks()
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as z:
+        for o in store.list(s.bucket_renders, prefix):
+            name = o.key.removeprefix(prefix)
+            if not name or name.startswith("work/") or ".." in name.split("/"):
+                continue
+            with z.open(f"{run_id}/{name}", "w") as f:
+                f.write(store.get_bytes(s.bucket_renders, o.key))
+            yield sink.take()
+    yield sink.take()
+
+
+@app.get("/runs/{run_id}/download.zip")
+async def download(run_id: str) -> StreamingResponse:
+    await asyncio.to_thread(_check_finished, run_id)
+    return StreamingResponse(iterate_in_threadpool(_zip_run(run_id)), media_type="application/zip",
+                             headers={"Content-Disposition": f'attachment; filename="{run_id}.zip"'})
+
+
+def _check_finished(run_id: str) -> None:
+    run = _stores()[2].run(run_id)
+    if run is None or run["status"] != "success":
+        raise HTTPException(status_code=404, detail=f"no finished render run {run_id}")

@@ -62,5 +62,55 @@ def test_pages_answer_and_escape_user_text(client, s3_settings: Settings, tmp_pa
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in gallery.text
         assert "X-Amz-Signature=" in gallery.text  # thumbnails through presigned URLs
         assert c.get("/runs/no-such-run").status_code == 404
+        # A finished run: its progress complete, its outputs linked (presigned), its thumbnails shown.
+        assert mine["progress"]["shards_done"] == mine["progress"]["shards_total"] == 1
+        assert mine["progress"]["images_done"] == mine["progress"]["images_total"] == 1
+        assert set(mine["links"]) == {"gallery", "manifest.csv", "manifest.parquet", "rejected.csv", "validation",
+                                      "Airflow runs"}
+        assert "shards 1/1 · images 1/1" in page and page.count("alt='thumbnail'") >= 1
+        assert c.get("/", params={"status": "failed"}).text.count(summary["run_id"]) == 0
+        assert summary["run_id"] in c.get("/", params={"status": "success", "campaign": mine["campaign"]}).text
+        assert [r["run_id"] for r in c.get("/api/runs", params={"campaign": "nope"}).json()] == []
+        # The whole run as one zip, streamed: images, manifests, gallery; the work/ files stay behind.
+        import io
+        import zipfile
+
+        z = c.get(f"/runs/{summary['run_id']}/download.zip")
+        assert z.status_code == 200 and z.headers["content-type"] == "application/zip"
+        names = zipfile.ZipFile(io.BytesIO(z.content)).namelist()
+        assert f"{summary['run_id']}/manifest.csv" in names and f"{summary['run_id']}/index.html" in names
+        assert any(n.startswith(f"{summary['run_id']}/images/") for n in names)
+        assert not any("/work/" in n for n in names)
+        assert zipfile.ZipFile(io.BytesIO(z.content)).testzip() is None
+        assert c.get("/runs/no-such-run/download.zip").status_code == 404
+    finally:
+        app.dependency_overrides.clear()
+
+
+def test_a_rendering_run_shows_live_progress_and_a_failed_one_its_reason(client, s3_settings: Settings) -> None:
+    c, app, get_user = client
+    lineage = resources(s3_settings).lineage
+    lineage.start_run("live-run", "live", csv_key="k", csv_sha256="s", model_id=None, backend="torch")
+    lineage.plan_progress("live-run", [(0, 100), (1, 100), (2, 50)])
+    lineage.start_run("dead-run", "dead", csv_key="k", csv_sha256="s", model_id=None, backend="torch")
+    lineage.fail_run("dead-run", {"rows_read": 3}, "S3 fell over <b>badly</b>", "k")
+    app.dependency_overrides[get_user] = lambda: {"username": "tester"}
+    try:
+        def live() -> dict:
+            return next(r for r in c.get("/api/runs", params={"status": "running"}).json() if r["run_id"] == "live-run")
+
+        assert live()["progress"] == {"shards_done": 0, "shards_total": 3, "images_done": 0, "images_total": 250,
+                                      "images_per_s": None, "eta_s": None}
+        lineage.shard_progress("live-run", 0, 100, 100)
+        import time
+
+        time.sleep(0.05)
+        lineage.shard_progress("live-run", 1, 40, 100)
+        p = live()["progress"]
+        assert (p["shards_done"], p["images_done"]) == (1, 140) and p["images_per_s"] > 0 and p["eta_s"] > 0
+        page = c.get("/").text
+        assert "data-status='running'" in page and "api/runs" in page  # the page polls while runs render
+        assert "shards 1/3 · images 140/250" in page
+        assert "S3 fell over &lt;b&gt;badly&lt;/b&gt;" in page and "<b>badly" not in page
     finally:
         app.dependency_overrides.clear()

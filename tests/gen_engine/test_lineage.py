@@ -140,6 +140,13 @@ def test_render_run_and_full_trace(store: LineageStore) -> None:
                     backend="torch")
     store.start_run("run-1", "spring", csv_key="claimed/spring.csv", csv_sha256="c" * 64, model_id="gen-1",
                     backend="torch")  # a resumed run keeps its row
+    store.plan_progress("run-1", [(0, 2), (1, 1)])
+    store.plan_progress("run-1", [(0, 2), (1, 1)])  # planned again on resume: no duplicate rows
+    store.shard_progress("run-1", 0, 2, 2)
+    store.shard_progress("run-1", 2, 0, 5)  # a shard the plan did not list (an older plan): recorded anyway
+    p = store.progress("run-1")
+    assert (p["shards_done"], p["shards_total"], p["images_done"], p["images_total"]) == (1, 3, 2, 8)
+    assert store.progress("no-run") is None
     outs = [{"object_key": f"spring/run-1/images/hero_{k}.png", "row_number": 2, "k": k, "prompt": "a red circle",
              "seed": 2**32 - 1, "sha256": "a" * 64} for k in range(3)]
     assert store.add_outputs("run-1", outs) == 3
