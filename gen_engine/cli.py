@@ -12,6 +12,7 @@ defaults that are tunables come from the settings (`genengine config` shows them
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -540,22 +541,23 @@ def verify(
     if as_json:
         typer.echo(json.dumps(v.as_dict(), indent=2, ensure_ascii=False, default=str))
     else:
+        say = functools.partial(console.print, markup=False, highlight=False)  # file text is data, not markup
         c = v.c2pa
         if c.get("present"):
             who = c["signer"].get("common_name") or "?"
             dev = " (DEVELOPMENT chain: not for publication)" if c.get("development_chain") else ""
-            console.print(f"C2PA: {c['state']}, signed by {who}{dev}; "
-                          f"{'trusted' if c.get('trusted') else 'signer not on a trust list'}")
+            say(f"C2PA: {c['state']}, signed by {who}{dev}; "
+                f"{'trusted' if c.get('trusted') else 'signer not on a trust list'}")
         else:
-            console.print("C2PA: no manifest")
-        console.print(f"IPTC digital source type: {v.digital_source_type or 'none'}")
-        console.print(f"AIGC label (GB 45438): {json.dumps(v.aigc, ensure_ascii=False) if v.aigc else 'none'}")
-        console.print(f"visible label: {v.visible_label or 'unknown'}")
+            say("C2PA: no manifest")
+        say(f"IPTC digital source type: {v.digital_source_type or 'none'}")
+        say(f"AIGC label (GB 45438): {json.dumps(v.aigc, ensure_ascii=False) if v.aigc else 'none'}")
+        say(f"visible label: {v.visible_label or 'unknown'}")
         if v.lineage:
-            console.print(f"lineage: run {v.lineage.get('run_id')}, image {v.lineage.get('image_id')}, "
-                          f"model {v.lineage.get('model_id')}")
+            say(f"lineage: run {v.lineage.get('run_id')}, image {v.lineage.get('image_id')}, "
+                f"model {v.lineage.get('model_id')}")
         for p in v.problems:
-            err_console.print(f"[red]problem:[/red] {p}")
+            err_console.print(f"problem: {p}", markup=False, highlight=False, style="red")
         console.print("[green]ok[/green]" if v.ok else "[red]NOT OK[/red]" if v.claims_provenance
                       else "[yellow]no provenance claimed[/yellow]")
     raise typer.Exit(0 if v.ok else 1 if v.claims_provenance else 2)

@@ -224,6 +224,13 @@ def test_verify_command_exit_status(storage: Storage, s3_settings: Settings, mod
         res = cli.invoke(app, ["verify", *args])
         assert res.exit_code == code, (args, res.output)
         assert says in " ".join(res.output.split()), (args, res.output)  # rich wraps at 80 columns
+    hostile = tmp_path / "hostile.png"  # text from the file is printed as it is, never as terminal markup
+    from gen_engine.render import imagemeta
+
+    hostile.write_bytes(imagemeta.encode(Image.new("RGB", (8, 8)), "png", "p", {}, {"run_id": "[red]r[/red]"},
+                                         labels.aigc_json(labels.aigc_label("[bold]ACME[/bold]", "x"))))
+    res = cli.invoke(app, ["verify", str(hostile)])
+    assert "[bold]ACME[/bold]" in res.output and "[red]r[/red]" in res.output, res.output
     res = cli.invoke(app, ["verify", str(good), "--json"])
     report = json.loads(res.output)
     assert report["ok"] and report["lineage"]["image_id"] == f"{summary['run_id']}/heart_0"
