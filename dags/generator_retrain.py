@@ -54,11 +54,11 @@ def generator_retrain():
 
     @task.short_circuit
     def gate(metrics: dict) -> dict | bool:
-        from gen_airflow import factory_settings
+        from gen_airflow import call
 
-        from gen_engine.orchestration import gate as decide_gate
+        from gen_engine.orchestration import gate_and_record
 
-        promote, reason = decide_gate(metrics["challenger"], metrics["champion"], factory_settings())
+        promote, reason = call(gate_and_record, metrics)
         print(reason)
         champion = (metrics["champion"] or {}).get("model_id")  # promote re-checks it is still the champion
         return {**metrics["challenger"], "gated_against": champion} if promote else False

@@ -231,6 +231,16 @@ def evaluate_candidates(res: Resources, challenger_id: str, decision: dict[str, 
     return out
 
 
+def gate_and_record(res: Resources, metrics: dict[str, Any]) -> tuple[bool, str]:
+    """`gate` the challenger against the champion and record the decision with the challenger's figures
+    (the Campaigns plugin's models page shows it)."""
+    promote_it, reason = gate(metrics["challenger"], metrics["champion"], res.settings)
+    champion = (metrics["champion"] or {}).get("model_id")
+    res.lineage.record_decision(metrics["challenger"]["model_id"], "gate",
+                                {"promote": promote_it, "reason": reason, "against": champion})
+    return promote_it, reason
+
+
 def compile_and_register(res: Resources, model_dir: Path, row: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """Compile a resolved model (ONNX, TensorRT where present, the text encoder once per version) and
     register its engines; returns the compile report and the engines' backends."""
@@ -254,11 +264,14 @@ def promote(res: Resources, challenger_id: str, champion_id: str | None,
     report, engines = compile_and_register(res, model_dir, row)
     out = {"model_id": challenger_id, "engines": engines, "parity": report["onnx"]["parity"]}
     if res.lineage.set_alias(model_name, "production", challenger_id, expect=champion_id):
-        return {**out, "promoted": True, "reason": f"production moved from {champion_id} to {challenger_id}"}
+        reason = f"production moved from {champion_id} to {challenger_id}"
+        res.lineage.record_decision(challenger_id, "promotion", {"promoted": True, "reason": reason})
+        return {**out, "promoted": True, "reason": reason}
     now = res.lineage.resolve_alias(model_name, "production")
     reason = (f"not promoted: production is now {now['model_id'] if now else 'unset'}, not {champion_id}, the "
               f"champion {challenger_id} was gated against (another run promoted meanwhile)")
     log.warning("%s", reason)
+    res.lineage.record_decision(challenger_id, "promotion", {"promoted": False, "reason": reason})
     return {**out, "promoted": False, "reason": reason}
 
 

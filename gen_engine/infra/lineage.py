@@ -169,6 +169,28 @@ class LineageStore:
             c.execute(sa.text("UPDATE model_versions SET metrics_json = :m WHERE model_id = :id"),
                       {"m": _dumps(metrics), "id": model_id})
 
+    def record_decision(self, model_id: str, kind: str, decision: Mapping[str, Any]) -> None:
+        """Add a decision about a model version (``gate``, ``promotion``) to its metrics, with its time: why
+        a challenger was or was not promoted stays on record beside its figures."""
+        with self.engine.begin() as c:
+            raw = c.execute(sa.text("SELECT metrics_json FROM model_versions WHERE model_id = :id"),
+                            {"id": model_id}).scalar()
+            if raw is None:
+                return
+            metrics = json.loads(raw) | {kind: {**decision, "at": utcnow()}}
+            c.execute(sa.text("UPDATE model_versions SET metrics_json = :m WHERE model_id = :id"),
+                      {"m": _dumps(metrics), "id": model_id})
+
+    def models(self, name: str = "generator", limit: int = 100) -> list[dict[str, Any]]:
+        """Model versions, newest first."""
+        return self._all("SELECT * FROM model_versions WHERE name = :n ORDER BY version DESC LIMIT :k",
+                         n=name, k=limit)
+
+    def aliases(self, name: str = "generator") -> dict[str, str]:
+        """alias -> model id."""
+        return {r["alias"]: r["model_id"] for r in self._all("SELECT alias, model_id FROM model_aliases "
+                                                              "WHERE name = :n", n=name)}
+
     def model(self, model_id: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM model_versions WHERE model_id = :m", m=model_id)
 

@@ -157,7 +157,8 @@ async def index(status: str = "", campaign: str = "") -> str:
         f"{e(str(r['dataset_version_id']))}</div></td>"
         f"<td class='strip'>{_strip(r)}</td><td>{_links(r)}</td></tr>" for r in runs)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Campaigns</title><style>{_CSS}</style></head>"
-            "<body><h1>Campaigns</h1><form method='get'><input name='campaign' placeholder='campaign' "
+            "<body><h1>Campaigns</h1><p><a href='models'>models</a></p>"
+            "<form method='get'><input name='campaign' placeholder='campaign' "
             f"value='{e(campaign)}'> <select name='status'>{options}</select> <button>filter</button></form>"
             "<table><tr><th>campaign</th><th>run</th><th>status</th><th>rows</th><th>images</th><th>images/s</th>"
             f"<th>model</th><th>thumbnails</th><th>outputs</th></tr>{rows}</table>{_POLL}</body></html>")
@@ -190,6 +191,69 @@ def _gallery(run_id: str, limit: int) -> str:
 @app.get("/runs/{run_id}", response_class=HTMLResponse)
 async def gallery(run_id: str, limit: int = 200) -> str:
     return await asyncio.to_thread(_gallery, run_id, min(max(limit, 1), 1000))
+
+
+METRIC_KEYS = (("r_precision", "R-precision"), ("fd", "FD"), ("color_judge", "colour judge"),
+               ("color_acc", "colour (shapes)"), ("shape_acc", "shape (shapes)"))
+
+
+def _models() -> list[dict[str, Any]]:
+    """Model versions newest first: figures, gate and promotion decisions, aliases, compiled engines."""
+    _, _, lineage = _stores()
+    aliases = lineage.aliases()
+    out = []
+    for m in lineage.models():
+        metrics = json.loads(m.get("metrics_json") or "{}")
+        engines = [{"backend": en["backend"], "parity": json.loads(en.get("report_json") or "{}").get(
+                    "parity", json.loads(en.get("report_json") or "{}").get("onnx", {}).get("parity"))}
+                   for en in lineage.engines(m["model_id"])]
+        out.append({"model_id": m["model_id"], "version": m["version"], "created_at": m["created_at"],
+                    "dataset_version_id": m["dataset_version_id"], "parent_model_id": m.get("parent_model_id"),
+                    "aliases": sorted(a for a, mid in aliases.items() if mid == m["model_id"]),
+                    "metrics": {k: metrics[k] for k, _ in METRIC_KEYS if k in metrics},
+                    "gate": metrics.get("gate"), "promotion": metrics.get("promotion"), "engines": engines})
+    return out
+
+
+@app.get("/api/models")
+async def api_models() -> list[dict[str, Any]]:
+    return await asyncio.to_thread(_models)
+
+
+def _decision(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "<span class='muted'>none recorded</span>"
+    ok = d.get("promote", d.get("promoted"))
+    return (f"<span class='{'' if ok else 'failed'}'>{'yes' if ok else 'no'}</span>"
+            f"<div class='muted'>{e(str(d.get('reason', '')))}</div>")
+
+
+@app.get("/models", response_class=HTMLResponse)
+async def models_page() -> str:
+    models = await asyncio.to_thread(_models)
+    head = "".join(f"<th>{label}</th>" for _, label in METRIC_KEYS)
+    rows = "".join(
+        f"<tr><td>v{m['version']} {e(m['model_id'])}<div class='muted'>{e(m['created_at'])}</div></td>"
+        f"<td>{e(', '.join(m['aliases']) or '-')}</td><td>{e(str(m['dataset_version_id']))}<div class='muted'>"
+        f"from {e(str(m['parent_model_id'] or '-'))}</div></td>"
+        + "".join(f"<td>{_figure(m['metrics'].get(k))}</td>" for k, _ in METRIC_KEYS)
+        + f"<td>{_decision(m['gate'])}</td><td>{_decision(m['promotion'])}</td><td>"
+        + "<br>".join(_engine(en) for en in m["engines"])
+        + "</td></tr>" for m in models)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Models</title><style>{_CSS}</style></head>"
+            "<body><p><a href='./'>campaigns</a></p><h1>Models</h1><table><tr><th>version</th><th>aliases</th>"
+            f"<th>dataset</th>{head}<th>gate: promote?</th><th>promoted?</th><th>engines (parity)</th></tr>{rows}"
+            "</table></body></html>")
+
+
+def _engine(en: dict[str, Any]) -> str:
+    parity = en.get("parity") or {}
+    err = f" <span class='muted'>parity {parity['max_abs_error']:.1e}</span>" if "max_abs_error" in parity else ""
+    return e(en["backend"]) + err
+
+
+def _figure(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, int | float) else "-"
 
 
 class _Chunks(io.RawIOBase):

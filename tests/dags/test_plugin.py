@@ -114,3 +114,36 @@ def test_a_rendering_run_shows_live_progress_and_a_failed_one_its_reason(client,
         assert "S3 fell over &lt;b&gt;badly&lt;/b&gt;" in page and "<b>badly" not in page
     finally:
         app.dependency_overrides.clear()
+
+
+def test_models_page_shows_versions_figures_decisions_aliases_and_engines(client, s3_settings: Settings) -> None:
+    from gen_engine.orchestration import gate_and_record
+
+    c, app, get_user = client
+    res = resources(s3_settings)
+    lineage = res.lineage
+    for v, mid in ((1, "gen-page-a"), (2, "gen-page-b")):
+        lineage.register_model("generator", mid, uri=f"s3://models/{mid}/", dataset_version_id=None, config={},
+                               metrics={"r_precision": 0.5 - v / 10, "fd": 0.1 * v}, code_version="t")
+    lineage.set_alias("generator", "staging-page", "gen-page-a")
+    champion = {"model_id": "gen-page-a", "r_precision": 0.4, "fd": 0.1}
+    promote, reason = gate_and_record(res, {"challenger": {"model_id": "gen-page-b", "r_precision": 0.3, "fd": 0.2},
+                                            "champion": champion})
+    assert not promote and reason.startswith("not promoted")
+    lineage.register_engine("gen-page-a-onnx", "gen-page-a", backend="onnxruntime", uri="s3://models/x.onnx",
+                            sha256="0" * 64, key={}, report={"onnx": {"parity": {"max_abs_error": 2.5e-7}}})
+    app.dependency_overrides[get_user] = lambda: {"username": "tester"}
+    try:
+        models = {m["model_id"]: m for m in c.get("/api/models").json()}
+        b = models["gen-page-b"]
+        assert b["gate"]["promote"] is False and b["gate"]["against"] == "gen-page-a" and b["gate"]["reason"] == reason
+        assert models["gen-page-a"]["aliases"] == ["staging-page"]
+        assert models["gen-page-a"]["engines"] == [{"backend": "onnxruntime", "parity": {"max_abs_error": 2.5e-7}}]
+        page = c.get("/models").text
+        assert "staging-page" in page and "parity 2.5e-07" in page and "0.300" in page
+        from html import escape
+
+        assert escape(reason) in page
+        assert "href='models'" in c.get("/").text
+    finally:
+        app.dependency_overrides.clear()
