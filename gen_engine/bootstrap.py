@@ -91,20 +91,16 @@ def train_starter(out: Path, work: Path, config: Path = STARTER_CONFIG, device: 
     return out
 
 
-def ship_upsampler(data_dir: Path, out: Path, steps: int = 4000) -> Path:
-    """Train the x4 upsampler on the starter artwork's masters (held-out 5% excluded) into ``out``."""
+def ship_upsampler(data_dir: Path, out: Path, steps: int = 4000) -> dict[str, Any]:
+    """Train the x4 upsampler on the starter artwork's masters (held-out 5% excluded) into ``out``;
+    the same as ``genengine train-upsampler --data <data_dir>/images --model <out> --steps 4000``."""
     from dataclasses import replace
 
-    from gen_engine.models.upsampler import save_upsampler
-    from gen_engine.training.upsampler import Masters, UpsamplerTrainConfig, evaluate, train_upsampler
+    from gen_engine.training.upsampler import Masters, UpsamplerTrainConfig, train_into
 
-    masters = Masters.from_folder(Path(data_dir) / "images")
-    up, info = train_upsampler(masters.subset("train"), replace(UpsamplerTrainConfig(), steps=steps))
-    scores = evaluate(up, masters.subset("val"))
-    log.info("starter upsampler: held-out PSNR %.2f dB (Lanczos %.2f dB)", scores["psnr_upsampler"],
-             scores["psnr_lanczos"])
-    return save_upsampler(Path(out), up, {"training": {k: v for k, v in info.items() if k != "history"},
-                                          "heldout": scores, "training_data": "starter (genengine dataset starter)"})
+    images = Path(data_dir) / "images"
+    return train_into(Path(out), Masters.from_folder(images), replace(UpsamplerTrainConfig(), steps=steps),
+                      dataset=str(images))
 
 
 def bootstrap(res: Resources, model_name: str = "generator", compile_it: bool = True) -> dict[str, Any]:

@@ -498,15 +498,11 @@ def train_upsampler_cmd(
     """
     from dataclasses import replace
 
-    from gen_engine.models.upsampler import save_upsampler
-    from gen_engine.training.upsampler import Masters, UpsamplerTrainConfig, evaluate, train_upsampler
+    from gen_engine.training.upsampler import Masters, UpsamplerTrainConfig, train_into
 
     masters = Masters.from_folder(Path(data)) if Path(data).is_dir() else Masters.from_curated(data, resources())
-    cfg = replace(UpsamplerTrainConfig(), steps=steps)
-    up, info = train_upsampler(masters.subset("train"), cfg, progress=True,
-                               time_budget_s=budget_min * 60 if budget_min else None)
-    scores = evaluate(up, masters.subset("val"))
-    save_upsampler(model, up, {"training": {k: v for k, v in info.items() if k != "history"}, "heldout": scores})
+    scores = train_into(model, masters, replace(UpsamplerTrainConfig(), steps=steps), progress=True,
+                        time_budget_s=budget_min * 60 if budget_min else None, dataset=data)
     console.print(f"upsampler written to {model}: held-out PSNR {scores['psnr_upsampler']:.2f} dB against "
                   f"Lanczos {scores['psnr_lanczos']:.2f} dB ({scores['psnr_gain_db']:+.2f} dB), SSIM "
                   f"{scores['ssim_upsampler']:.3f} / {scores['ssim_lanczos']:.3f}")

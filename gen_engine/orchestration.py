@@ -162,46 +162,35 @@ def train_candidate(res: Resources, decision: dict[str, Any], device: str | None
     t0 = time.monotonic()
     trainer.train(progress=False)
     model_dir = trainer.export({"config_hash": decision["config_hash"]})
-    upsampler = refresh_upsampler(res, f"{decision['dataset']}@v{decision['dataset_version']}", model_dir)
+    upsampler = refresh_upsampler(res, f"{decision['dataset']}@v{decision['dataset_version']}", model_dir,
+                                  set(data.content_hashes))
     row = res.registry.publish(model_dir, dataset_version_id=data.dataset_version_id)
     return {"model_id": row["model_id"], "version": row["version"], "train_seconds": time.monotonic() - t0,
             "steps": trainer.step, "parent_model": parent, "upsampler": upsampler}
 
 
-def refresh_upsampler(res: Resources, ref: str, model_dir: Path) -> str:
+def refresh_upsampler(res: Resources, ref: str, model_dir: Path, train_hashes: set[str]) -> str:
     """Train a new x4 upsampler into ``model_dir`` when the dataset version brings training images its
     current (inherited) upsampler has not learned (a version that only drops images keeps it); returns
-    what was done."""
+    what was done. ``train_hashes``: the content hashes of the version's train split."""
     from dataclasses import replace
 
-    from gen_engine.models.upsampler import META, has_upsampler, save_upsampler
-    from gen_engine.training.upsampler import (
-        Masters,
-        UpsamplerTrainConfig,
-        curated_train_hashes,
-        evaluate,
-        train_upsampler,
-    )
+    from gen_engine.models.upsampler import META, has_upsampler
+    from gen_engine.training.upsampler import Masters, UpsamplerTrainConfig, short_hashes, train_into
 
     steps = res.settings.retrain_upsampler_steps
     if steps == 0:
         return "off (retrain_upsampler_steps 0)"
-    wanted = curated_train_hashes(ref, res)
-    if wanted is None:
-        return f"kept: {ref} has no masters to train one on"
     if has_upsampler(model_dir):
         learned = set(json.loads((model_dir / META).read_text()).get("training", {}).get("masters", []))
-        if learned.issuperset(wanted):
+        if learned.issuperset(short_hashes(list(train_hashes))):
             return "kept: it learned every training image of this dataset version"
     try:
-        masters = Masters.from_curated(ref, res)
-    except UserError as e:  # too few masters large enough (a dataset of small images): keep what there is
+        masters = Masters.from_curated(ref, res, train_hashes)
+    except UserError as e:  # no masters, or too few large enough (a dataset of small images): keep what there is
         return f"kept: {e}"
-    up, info = train_upsampler(masters.subset("train"), replace(UpsamplerTrainConfig(), steps=steps))
-    scores = evaluate(up, masters.subset("val")) if "val" in masters.split else {}
-    save_upsampler(model_dir, up, {"training": {k: v for k, v in info.items() if k != "history"}, "heldout": scores})
-    log.info("trained a new upsampler on %s (%d masters): %s", ref, info["train_images"], scores)
-    return f"trained on {ref} ({info['train_images']} masters, {info['steps_done']} steps)"
+    train_into(model_dir, masters, replace(UpsamplerTrainConfig(), steps=steps), dataset=ref)
+    return f"trained on {ref} ({len(masters.subset('train').hashes)} masters, {steps} steps)"
 
 
 def evaluate_candidates(res: Resources, challenger_id: str, decision: dict[str, Any],

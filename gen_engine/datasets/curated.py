@@ -39,6 +39,7 @@ class TrainData:
         self.attributes: dict[str, list[str]] = {}  # e.g. color/shape of synthetic shapes, for evaluation
         self.meta: dict[str, list[str]] = {}  # per-row descriptive columns (language, category, source set, ...)
         self.heldout_captions: list[str] = []  # the dataset's held-out captions: sample grids and parity prompts
+        self.content_hashes: list[str] = []  # per row, for a curated version: which images it holds
 
     def labels(self, vocab: dict[str, list[str]] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
         """Attribute columns as class indices (vocabulary sorted, or the one given)."""
@@ -93,7 +94,7 @@ class TrainData:
         if row is None:
             raise UserError(f"no curated dataset '{ref}'; ingest one first (`genengine dataset ingest`)")
         prefix = row["uri"].removeprefix(f"s3://{settings.bucket_datasets}/")
-        cols = ["image", "caption", "embedding", "split", "extra"]
+        cols = ["image", "caption", "embedding", "split", "extra", "content_hash"]
         frames = [pl.read_parquet(io.BytesIO(store.get_bytes(settings.bucket_datasets, o.key)), columns=cols)
                   for o in store.list(settings.bucket_datasets, prefix)
                   if o.key.endswith(".parquet") and "/masters/" not in o.key]
@@ -108,6 +109,7 @@ class TrainData:
         text = torch.from_numpy(df["embedding"].to_numpy().astype(np.float32))
         data = cls(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), text, df["caption"].to_list(),
                    row["version_id"], dataset_version_id=row["version_id"])
+        data.content_hashes = df["content_hash"].to_list()
         extras = [json.loads(e or "{}") for e in df["extra"].to_list()]
         data.meta = {k: [str(e.get(k, "")) for e in extras] for k in META_COLUMNS if extras and k in extras[0]}
         if split == "train":

@@ -79,11 +79,13 @@ class Masters:
         return cls(hr, hashes, [split_of(h, val_percent) for h in hashes], None)
 
     @classmethod
-    def from_curated(cls, ref: str, res: Any) -> Masters:
-        """The masters of a curated version (``name`` or ``name@vN``) from S3, split as its shards say."""
+    def from_curated(cls, ref: str, res: Any, train_hashes: set[str] | None = None) -> Masters:
+        """The masters of a curated version (``name`` or ``name@vN``) from S3, split as its shards say;
+        ``train_hashes`` (the content hashes of its train split, when the caller has them) spares reading
+        the shards again."""
         import polars as pl
 
-        row, splits, master_keys = _curated(ref, res)
+        row, splits, master_keys = _curated(ref, res, read_splits=train_hashes is None)
         if not master_keys:
             raise UserError(f"curated version {row['version_id']} has no masters (ingest with a master size)")
         bucket = res.settings.bucket_datasets
@@ -96,12 +98,14 @@ class Masters:
                                                                                  Image.Resampling.LANCZOS))
                        for b in df["master"]])
         hashes = df["content_hash"].to_list()
-        return cls(hr, hashes, [splits.get(h, "train") for h in hashes], row["version_id"])
+        split = [("train" if h in train_hashes else "val") if train_hashes is not None else splits.get(h, "train")
+                 for h in hashes]
+        return cls(hr, hashes, split, row["version_id"])
 
 
-def _curated(ref: str, res: Any) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+def _curated(ref: str, res: Any, read_splits: bool = True) -> tuple[dict[str, Any], dict[str, str], list[str]]:
     """A curated version's lineage row, the split of each content hash (from its shards' columns, not
-    recomputed), and the keys of its masters' parquet files."""
+    recomputed; empty without ``read_splits``), and the keys of its masters' parquet files."""
     import polars as pl
 
     name, _, v = ref.partition("@")
@@ -112,7 +116,7 @@ def _curated(ref: str, res: Any) -> tuple[dict[str, Any], dict[str, str], list[s
     prefix = row["uri"].removeprefix(f"s3://{bucket}/")
     keys = [o.key for o in res.storage.list(bucket, prefix) if o.key.endswith(".parquet")]
     frames = [pl.read_parquet(io.BytesIO(res.storage.get_bytes(bucket, k)), columns=["content_hash", "split"])
-              for k in keys if "/masters/" not in k]
+              for k in keys if "/masters/" not in k] if read_splits else []
     both = pl.concat(frames).unique("content_hash", maintain_order=True) if frames else None
     splits = dict(zip(both["content_hash"].to_list(), both["split"].to_list(), strict=True)) if both is not None else {}
     return row, splits, [k for k in keys if "/masters/" in k]
@@ -128,15 +132,6 @@ def short_hashes(hashes: list[str]) -> list[str]:
     """The training masters' content hashes, 16 hex digits each, sorted: recorded with the upsampler so the
     retrain can tell whether a new dataset version brings images it has not learned."""
     return sorted({h[:16] for h in hashes})
-
-
-def curated_train_hashes(ref: str, res: Any) -> list[str] | None:
-    """`short_hashes` of a curated version's training images (from its shards' hash and split columns,
-    without downloading the masters), or None when the version has no masters."""
-    _, splits, master_keys = _curated(ref, res)
-    if not master_keys:
-        return None
-    return short_hashes([h for h, sp in splits.items() if sp == "train"])
 
 
 def degrade(hr: np.ndarray, scale: int = 4) -> np.ndarray:
@@ -226,6 +221,22 @@ def train_upsampler(masters: Masters, cfg: UpsamplerTrainConfig = UpsamplerTrain
     return up.eval(), {"config": asdict(cfg), "steps_done": step + 1, "seconds": time.monotonic() - t0,
                        "history": hist, "train_images": len(hr), "dataset_version_id": masters.dataset_version_id,
                        "masters_digest": masters_digest(masters.hashes), "masters": short_hashes(masters.hashes)}
+
+
+def train_into(model_dir: Path, masters: Masters, cfg: UpsamplerTrainConfig = UpsamplerTrainConfig(),
+               progress: bool = False, time_budget_s: float | None = None, **meta: Any) -> dict[str, Any]:
+    """Train on the masters' train split, score on their val split (when there is one) and write the
+    upsampler into ``model_dir``; returns the held-out scores. The one path of `genengine train-upsampler`,
+    the starter model's build and the retrain."""
+    from gen_engine.models.upsampler import save_upsampler
+
+    up, info = train_upsampler(masters.subset("train"), cfg, progress=progress, time_budget_s=time_budget_s)
+    scores = evaluate(up, masters.subset("val")) if "val" in masters.split else {}
+    save_upsampler(Path(model_dir), up, {"training": {k: v for k, v in info.items() if k != "history"},
+                                         "heldout": scores, **meta})
+    log.info("upsampler written to %s: %d masters, %d steps, held-out %s", model_dir, info["train_images"],
+             info["steps_done"], scores)
+    return scores
 
 
 def _gauss(size: int = 11, sigma: float = 1.5) -> torch.Tensor:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from gen_engine.config import Settings
+from gen_engine.datasets.curated import TrainData
 from gen_engine.datasets.images import split_of
 from gen_engine.datasets.ingest import CurationConfig, ingest
 from gen_engine.datasets.synth import generate
@@ -69,20 +70,21 @@ def test_the_retrain_trains_an_upsampler_only_when_the_training_images_changed(
     res = resources(settings)
     r = ingest(str(drop), "upsampled", res, CurationConfig(size=32, master_size=256, val_percent=20))
     ref = f"{r.dataset}@v{r.version}"
+    train = set(TrainData.from_curated(ref, res, 32).content_hashes)  # what the retrain's TrainData holds
     torch.manual_seed(0)
     model = save_model(tmp_path / "model", Generator(GANConfig(resolution=16, nf=8)), {"name": "generator"})
-    assert refresh_upsampler(res, ref, model).startswith("trained on")
+    assert refresh_upsampler(res, ref, model, train).startswith("trained on")
     trained = json.loads((model / META).read_text())
     assert trained["training"]["steps_done"] == 4 and has_upsampler(model)
     first = (model / "upsampler.safetensors").read_bytes()
-    assert refresh_upsampler(res, ref, model).startswith("kept")  # the same images: nothing to do
+    assert refresh_upsampler(res, ref, model, train).startswith("kept")  # the same images: nothing to do
     assert (model / "upsampler.safetensors").read_bytes() == first
     learned = trained["training"]["masters"]
     more = {"training": {"masters": sorted([*learned, "0" * 16])}}  # learned more than this version has: kept
     save_upsampler(model, load_upsampler(model)[0], more)
-    assert refresh_upsampler(res, ref, model).startswith("kept")
+    assert refresh_upsampler(res, ref, model, train).startswith("kept")
     save_upsampler(model, load_upsampler(model)[0], {"training": {"masters": learned[1:]}})  # one image new
-    assert refresh_upsampler(res, ref, model).startswith("trained on")
+    assert refresh_upsampler(res, ref, model, train).startswith("trained on")
     off = resources(settings.model_copy(update={"retrain_upsampler_steps": 0}))
-    assert refresh_upsampler(off, ref, model).startswith("off")
+    assert refresh_upsampler(off, ref, model, train).startswith("off")
 
