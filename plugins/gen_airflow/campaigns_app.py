@@ -101,8 +101,9 @@ def _progress_cell(r: dict[str, Any]) -> str:
             f"{rate}{eta}</div>")
 
 
-# While a run renders, the page asks /api/runs every 3 s and replaces the progress cells (no reload);
-# it stops asking once nothing runs. Text goes in through textContent-free DOM building: no HTML from data.
+# While a run renders, the page asks /api/runs for the running runs only every 3 s and replaces their
+# progress cells (no reload); when one has finished it reloads once, for its final counts and links.
+# Text goes in as DOM text (textContent, append), never as HTML.
 _POLL = """<script>
 (function(){
   function cell(r){
@@ -118,15 +119,17 @@ _POLL = """<script>
     d.append(m); return d;
   }
   async function tick(){
-    const res=await fetch('api/runs'+location.search,{credentials:'same-origin'}); if(!res.ok)return;
-    const runs=await res.json(); let running=false;
-    for(const r of runs){
+    const q=new URLSearchParams(location.search); q.set('status','running');
+    const res=await fetch('api/runs?'+q,{credentials:'same-origin'}); if(!res.ok)return;
+    const live=new Set();
+    for(const r of await res.json()){
+      live.add(r.run_id);
       const row=document.querySelector('tr[data-run="'+CSS.escape(r.run_id)+'"]'); if(!row)continue;
-      if(r.status==='running')running=true;
-      const old=row.querySelector('td.progress'); if(old&&r.status!=='failed')old.replaceWith(cell(r));
-      row.dataset.status=r.status;
+      const old=row.querySelector('td.progress'); if(old)old.replaceWith(cell(r));
     }
-    if(running)setTimeout(tick,3000);
+    const shown=[...document.querySelectorAll('tr[data-status="running"]')].map(tr=>tr.dataset.run);
+    if(shown.some(id=>!live.has(id))){location.reload();return}
+    if(live.size)setTimeout(tick,3000);
   }
   if(document.querySelector('tr[data-status="running"]'))setTimeout(tick,3000);
 })();
