@@ -49,6 +49,34 @@ def storage(s3_settings: Settings) -> Storage:
     return Storage.from_settings(s3_settings)
 
 
+def run_at_once(n: int, fn):
+    """``fn(i)`` for i in range(n) on n threads released together; results (or the exceptions) in order."""
+    import threading
+
+    out: list = [None] * n
+    gate = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        gate.wait()
+        try:
+            out[i] = fn(i)
+        except Exception as e:  # noqa: BLE001 (collected for the caller's assertion)
+            out[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+@pytest.fixture()
+def at_once():
+    """`run_at_once`: the tests of races (claims, registrations, downloads) start their contenders together."""
+    return run_at_once
+
+
 # --- PostgreSQL ---------------------------------------------------------------------------------------
 def _pg_bin() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))

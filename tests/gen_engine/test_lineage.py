@@ -61,54 +61,32 @@ def test_dataset_and_model_registry(store: LineageStore) -> None:
     assert [e["engine_id"] for e in store.engines("gen-2")] == ["eng-1"]
 
 
-def _at_once(n: int, fn) -> list:
-    """``fn(i)`` for i in range(n) on n threads released together; results (or the exceptions) in order."""
-    import threading
-
-    out: list = [None] * n
-    gate = threading.Barrier(n)
-
-    def run(i: int) -> None:
-        gate.wait()
-        try:
-            out[i] = fn(i)
-        except Exception as e:  # noqa: BLE001 (collected for the assertion)
-            out[i] = e
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
-
-
-def test_concurrent_registrations_get_distinct_numbers_and_aliases_never_collide(store: LineageStore) -> None:
+def test_concurrent_registrations_get_distinct_numbers_and_aliases_never_collide(store: LineageStore, at_once) -> None:
     """Two retrains (or ingests) at once: MAX()+1 numbering used to collide on PostgreSQL, and
     delete-then-insert aliases failed on the primary key."""
-    models = _at_once(6, lambda i: store.register_model("generator", f"gen-{i}", uri=f"s3://models/gen-{i}/",
+    models = at_once(6, lambda i: store.register_model("generator", f"gen-{i}", uri=f"s3://models/gen-{i}/",
                                                         dataset_version_id=None, config={}, metrics={},
                                                         code_version="c"))
     assert sorted(models) == [1, 2, 3, 4, 5, 6], models
-    again = _at_once(4, lambda i: store.register_model("generator", "gen-0", uri="x", dataset_version_id=None,
+    again = at_once(4, lambda i: store.register_model("generator", "gen-0", uri="x", dataset_version_id=None,
                                                        config={}, metrics={}, code_version="c"))
     assert again == [models[0]] * 4  # the same model registered at once: one version
-    versions = _at_once(6, lambda i: store.record_dataset_version("shapes", f"dv-{i}", uri=f"s3://d/{i}/",
+    versions = at_once(6, lambda i: store.record_dataset_version("shapes", f"dv-{i}", uri=f"s3://d/{i}/",
                                                                   n_records=1, n_rejected=0, config={}, card={}))
     assert sorted(versions) == [1, 2, 3, 4, 5, 6], versions
-    moved = _at_once(6, lambda i: store.set_alias("generator", "production", f"gen-{i}"))
+    moved = at_once(6, lambda i: store.set_alias("generator", "production", f"gen-{i}"))
     assert moved == [True] * 6
     assert store.resolve_alias("generator", "production")["model_id"] in {f"gen-{i}" for i in range(6)}
 
 
-def test_alias_compare_and_set_moves_only_from_the_expected_champion(store: LineageStore) -> None:
+def test_alias_compare_and_set_moves_only_from_the_expected_champion(store: LineageStore, at_once) -> None:
     for i in range(3):
         store.register_model("generator", f"gen-{i}", uri=f"s3://models/gen-{i}/", dataset_version_id=None,
                              config={}, metrics={}, code_version="c")
     assert store.set_alias("generator", "production", "gen-0", expect=None)  # none yet: set
     assert not store.set_alias("generator", "production", "gen-1", expect=None)  # exists now: refused
     # Two challengers gated against gen-0 promote at once: exactly one moves production.
-    won = _at_once(2, lambda i: store.set_alias("generator", "production", f"gen-{i + 1}", expect="gen-0"))
+    won = at_once(2, lambda i: store.set_alias("generator", "production", f"gen-{i + 1}", expect="gen-0"))
     assert sorted(won) == [False, True]
     assert store.resolve_alias("generator", "production")["model_id"] == f"gen-{won.index(True) + 1}"
 

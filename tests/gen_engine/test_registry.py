@@ -4,7 +4,6 @@ registry recorded at publish; what does not match is refused or fetched again, n
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
 import pytest
@@ -94,25 +93,13 @@ def test_a_model_published_before_file_hashes_is_checked_by_its_id(s3_settings: 
         resources(_host(s3_settings, tmp_path, "legacy")).registry.resolve(row["model_id"])
 
 
-def test_cold_downloads_at_once_on_one_host_share_no_temporary_file(s3_settings: Settings, tmp_path: Path) -> None:
+def test_cold_downloads_at_once_on_one_host_share_no_temporary_file(s3_settings: Settings, tmp_path: Path,
+                                                                    at_once) -> None:
     _, row = _publish(s3_settings, tmp_path, 6)
     host = _host(s3_settings, tmp_path, "busy")
-    errors: list[BaseException] = []
-    gate = threading.Barrier(6)
-
-    def resolve(i: int) -> None:
-        res = Resources(host.model_copy(update={"s3_retries": 2 + i}))  # six processes' worth of clients
-        gate.wait()
-        try:
-            res.registry.resolve(row["model_id"])
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-
-    threads = [threading.Thread(target=resolve, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    hosts = [Resources(host.model_copy(update={"s3_retries": 2 + i})) for i in range(6)]  # six processes' clients
+    errors = [r for r in at_once(6, lambda i: hosts[i].registry.resolve(row["model_id"]))
+              if isinstance(r, BaseException)]
     assert not errors, errors
     cache = host.local_dir / "cache" / "models" / row["model_id"]
     assert sorted(p.name for p in cache.iterdir()) == ["generator.safetensors", "model.json"]
@@ -121,7 +108,7 @@ def test_cold_downloads_at_once_on_one_host_share_no_temporary_file(s3_settings:
 
 
 def test_two_retrains_at_once_both_register_and_only_one_replaces_the_champion(s3_settings: Settings,
-                                                                               tmp_path: Path) -> None:
+                                                                               tmp_path: Path, at_once) -> None:
     """Two retrains finishing together (a scheduled one and a manual `genengine train --publish`): their
     models publish at once with distinct version numbers, and of the two gated against the same champion
     only the first to promote moves production; the second is told why and changes nothing."""
@@ -134,19 +121,8 @@ def test_two_retrains_at_once_both_register_and_only_one_replaces_the_champion(s
         torch.manual_seed(seed)
         dirs.append(save_model(tmp_path / f"challenger-{seed}", Generator(GANConfig(resolution=16, nf=8)),
                                {"name": "generator"}))
-    rows: list = [None, None]
-    gate = threading.Barrier(2)
-
-    def retrain(i: int) -> None:
-        res = Resources(_host(s3_settings, tmp_path, f"trainer{i}"))
-        gate.wait()
-        rows[i] = res.registry.publish(dirs[i])
-
-    threads = [threading.Thread(target=retrain, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    trainers = [Resources(_host(s3_settings, tmp_path, f"trainer{i}")) for i in range(2)]
+    rows = at_once(2, lambda i: trainers[i].registry.publish(dirs[i]))
     assert all(rows) and sorted(r["version"] for r in rows) == [champion["version"] + 1, champion["version"] + 2]
     first = promote(champion_res, rows[0]["model_id"], champion["model_id"])
     second = promote(champion_res, rows[1]["model_id"], champion["model_id"])

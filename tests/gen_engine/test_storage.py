@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -44,21 +43,10 @@ def test_missing_object_is_a_clear_error(storage: Storage) -> None:
     assert not storage.exists("datasets", "t/nope")
 
 
-def test_claim_race_has_exactly_one_winner(storage: Storage) -> None:
+def test_claim_race_has_exactly_one_winner(storage: Storage, at_once) -> None:
     storage.put_bytes("campaigns", "incoming/race.csv", b"prompt\nhello\n")
-    wins: list[int] = []
-    barrier = threading.Barrier(8)
-
-    def claimer(i: int) -> None:
-        barrier.wait()
-        if storage.claim("campaigns", "incoming/race.csv", "claimed/race.csv"):
-            wins.append(i)
-
-    threads = [threading.Thread(target=claimer, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    wins = [i for i, won in enumerate(at_once(8, lambda i: storage.claim("campaigns", "incoming/race.csv",
+                                                                        "claimed/race.csv"))) if won is True]
     assert len(wins) == 1
     assert not storage.exists("campaigns", "incoming/race.csv")
     assert storage.get_bytes("campaigns", "claimed/race.csv") == b"prompt\nhello\n"

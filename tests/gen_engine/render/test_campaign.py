@@ -52,6 +52,13 @@ def private_s3(tmp_path) -> Iterator[LocalS3]:
     server.stop()
 
 
+def on_private(server: LocalS3, tmp_path, retries: int) -> tuple[Settings, Storage]:
+    """Settings and a client for a test's own S3 server (`private_s3`), with a local dir of its own."""
+    settings = Settings(s3_endpoint=server.endpoint, s3_access_key=server._access_key,
+                        s3_secret_key=server._secret_key, local_dir=tmp_path / "local", s3_retries=retries)
+    return settings, Storage.from_settings(settings)
+
+
 def put_csv(storage: Storage, name: str, text: str) -> str:
     storage.put_bytes("campaigns", f"claimed/{name}", text.encode("utf-8"))
     return f"s3://campaigns/claimed/{name}"
@@ -251,9 +258,7 @@ def test_resume_after_the_s3_server_stopped_mid_shard(tmp_path, model_id: str, s
     from gen_engine.infra.storage import StorageUnavailable
 
     server = private_s3
-    settings = Settings(s3_endpoint=server.endpoint, s3_access_key=server._access_key,
-                        s3_secret_key=server._secret_key, local_dir=tmp_path / "local", s3_retries=2)
-    store = Storage.from_settings(settings)
+    settings, store = on_private(server, tmp_path, retries=2)
     model_dir, _ = resources(s3_settings).registry.resolve(model_id)
     src = put_csv(store, "outage.csv", "prompt,count,asset_name\n" +
                   "".join(f"outage prompt {i},16,a{i}\n" for i in range(8)))
@@ -447,9 +452,7 @@ def test_an_outage_mid_run_then_a_rerun_loses_and_duplicates_nothing(tmp_path, m
     from gen_engine.infra.lineage import LineageStore as Store
 
     server = private_s3
-    settings = Settings(s3_endpoint=server.endpoint, s3_access_key=server._access_key,
-                        s3_secret_key=server._secret_key, local_dir=tmp_path / "local", s3_retries=1)
-    store = Storage.from_settings(settings)
+    settings, store = on_private(server, tmp_path, retries=1)
     model_dir, _ = resources(s3_settings).registry.resolve(model_id)
     src = put_csv(store, "fault.csv", "prompt,count,asset_name\n" +
                   "".join(f"fault prompt {i},4,f{i}\n" for i in range(6)))
