@@ -39,7 +39,8 @@ def campaign_render():
 
         from gen_engine.orchestration import plan_campaign
 
-        return call(plan_campaign, params)
+        ctx = get_current_context()
+        return call(plan_campaign, params, dag_run=(ctx["dag"].dag_id, ctx["run_id"]))
 
     @task
     def shard_refs(plan: dict) -> list[dict]:

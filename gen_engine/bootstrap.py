@@ -64,6 +64,7 @@ def starter_trainer(work: Path, config: Path = STARTER_CONFIG, device: str = "cp
 def ship(trainer: Any, data_dir: Path, out: Path) -> Path:
     """Export a finished starter run into ``out`` with its data's version, content hash and licences."""
     from gen_engine.datasets.starter import licenses_markdown
+    from gen_engine.models.artifact import SAMPLES
 
     card = json.loads((data_dir / "card.json").read_text())
     model_dir = trainer.export({"training_data": {
@@ -72,7 +73,7 @@ def ship(trainer: Any, data_dir: Path, out: Path) -> Path:
         "builder": "genengine dataset starter", "licenses": card["sources"]}})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for f in ("generator.safetensors", "discriminator.safetensors", "model.json"):
+    for f in ("generator.safetensors", "discriminator.safetensors", "model.json", SAMPLES):
         shutil.copy(model_dir / f, out / f)
     (out / "LICENSES.md").write_text(licenses_markdown(card["sources"]) + (
         "\nThe weights in this folder (the generator, its discriminator and the x4 upsampler) were trained on "

@@ -300,7 +300,7 @@ def _label_param(value: Any, default: str) -> str:
     return label
 
 
-def plan_campaign(res: Resources, params: dict[str, Any]) -> dict[str, Any]:
+def plan_campaign(res: Resources, params: dict[str, Any], dag_run: tuple[str, str] | None = None) -> dict[str, Any]:
     """Claim (if still in incoming/), pin the model, validate and plan. Small JSON for XCom.
 
     ``params``: ``csv_key`` (in the campaigns bucket: the DAG, which files it under processed/ or failed/
@@ -308,7 +308,7 @@ def plan_campaign(res: Resources, params: dict[str, Any]) -> dict[str, Any]:
     incoming/ is claimed and filed as the DAG does, any other is rendered where it is and never moved:
     ``filed`` False), plus ``campaign``, ``model``, ``backend``, ``shard_size``, ``label`` (the visible AI
     label of rows that name none: none, corner, edge; empty: the settings'). The run is on record
-    (lineage) from here on."""
+    (lineage) from here on, with ``dag_run`` (dag id, run id) when Airflow runs it."""
     from gen_engine.render.csvin import CsvError, RowRules
     from gen_engine.render.plan import prepare
 
@@ -355,7 +355,7 @@ def plan_campaign(res: Resources, params: dict[str, Any]) -> dict[str, Any]:
         raise CampaignFailed(str(e)) from None
     # The run is on record from here on, so a run that fails while rendering shows as failed, not as nothing.
     res.lineage.start_run(plan.run_id, plan.campaign, csv_key=plan.csv_key, csv_sha256=plan.csv_sha256,
-                          model_id=model["model_id"], backend=plan.backend)
+                          model_id=model["model_id"], backend=plan.backend, dag_run=dag_run)
     res.lineage.plan_progress(plan.run_id, [(s["index"], s["images"]) for s in plan.shards])
     return {"plan_key": f"{plan.prefix}work/plan.json", "csv_key": csv_key, "campaign": plan.campaign,
             "run_id": plan.run_id, "shards": plan.shards, "stats": plan.stats, "filed": filed}

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from gen_engine.errors import UserError
 from gen_engine.hashing import sha256_file
-from gen_engine.models.artifact import model_id_for
+from gen_engine.models.artifact import SAMPLES, model_id_for
 
 if TYPE_CHECKING:
     from gen_engine.config import Settings
@@ -38,6 +38,8 @@ MODEL_FILES = ("generator.safetensors", "model.json")
 # Travels with a model when present: the discriminator a warm start fine-tunes against (training only), and
 # the x4 upsampler that serves sizes above native (models.upsampler).
 OPTIONAL_FILES = ("discriminator.safetensors", "upsampler.safetensors", "upsampler.json")
+# Published for people (the models page shows it), never downloaded to render.
+SHOWN_FILES = (SAMPLES,)
 COMPILED_FILES = ("generator.onnx", "compile_report.json", "generator.plan", "generator.plan.json", "upsampler.onnx")
 
 
@@ -72,7 +74,7 @@ class ModelRegistry:
         name = meta.get("name", "generator")
         model_id = model_id_for(model_dir, name)
         prefix = f"{name}/{model_id}/"
-        files = [*MODEL_FILES, *(o for o in OPTIONAL_FILES if (Path(model_dir) / o).exists())]
+        files = [*MODEL_FILES, *(o for o in (*OPTIONAL_FILES, *SHOWN_FILES) if (Path(model_dir) / o).exists())]
         for f in files:
             self.store.put_file(self.settings.bucket_models, prefix + f, Path(model_dir) / f,
                                 metadata={"model-id": model_id, "code-version": meta.get("code_version", "")})

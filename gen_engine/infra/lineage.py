@@ -263,11 +263,12 @@ class LineageStore:
     # --- campaigns and render runs -----------------------------------------------------------------
     def start_run(
         self, run_id: str, campaign: str, *, csv_key: str, csv_sha256: str, model_id: str | None,
-        backend: str | None,
+        backend: str | None, dag_run: tuple[str, str] | None = None,
     ) -> None:
         """Record a render run as started. Idempotent: a resumed run keeps its row. A run id fixes its
         model (`render.plan.run_identity`); a caller reusing one with another model gets the old output
-        rows dropped rather than mixed with the new."""
+        rows dropped rather than mixed with the new. ``dag_run``: (dag id, run id) of the Airflow run
+        rendering it (the Campaigns page links it); a later DAG run resuming it takes its place."""
         with self.engine.begin() as c:
             _insert_ignore(c, "campaigns", {"name": campaign, "created_at": utcnow()}, key="name")
             _insert_ignore(c, "render_runs", {
@@ -279,6 +280,9 @@ class LineageStore:
                 c.execute(sa.text("DELETE FROM render_outputs WHERE run_id = :r"), {"r": run_id})
             c.execute(sa.text("UPDATE render_runs SET model_id = :m, backend = :b, status = 'running' "
                               "WHERE run_id = :r"), {"m": model_id, "b": backend, "r": run_id})
+            if dag_run is not None:
+                c.execute(sa.text("UPDATE render_runs SET dag_id = :d, dag_run_id = :dr WHERE run_id = :r"),
+                          {"d": dag_run[0], "dr": dag_run[1], "r": run_id})
 
     def finish_run(self, run_id: str, *, status: str, counts: Mapping[str, int], summary: Mapping[str, Any]) -> None:
         cols = ("rows_read", "rows_accepted", "rows_rejected", "rows_blank", "images")
@@ -339,9 +343,10 @@ class LineageStore:
                          c=campaign, n=limit)
 
     def add_outputs(self, run_id: str, outputs: Iterable[Mapping[str, Any]]) -> int:
-        """Record written images (object_key, row_number, k, prompt, seed, sha256); re-adding is a no-op."""
-        rows = [{"run_id": run_id, **{k: o[k] for k in ("object_key", "row_number", "k", "prompt", "seed", "sha256")}}
-                for o in outputs]
+        """Record written images (object_key, row_number, k, prompt, seed, sha256, and label and c2pa where
+        the shard recorded them); re-adding is a no-op."""
+        rows = [{"run_id": run_id, **{k: o[k] for k in ("object_key", "row_number", "k", "prompt", "seed", "sha256")},
+                 "label": o.get("label"), "c2pa": o.get("c2pa")} for o in outputs]
         return self._bulk_insert_ignore("render_outputs", rows, ("run_id", "object_key"))
 
     def add_rejected(self, run_id: str, rejected: Iterable[Mapping[str, Any]]) -> int:
@@ -351,8 +356,9 @@ class LineageStore:
         return self._bulk_insert_ignore("rejected_rows", rows, ("run_id", "row_number"))
 
     def run_outputs(self, run_id: str, limit: int = 1000) -> list[dict[str, Any]]:
-        """A run's images in row order (object_key, prompt, seed, row_number, k), at most ``limit``."""
-        return self._all("SELECT object_key, prompt, seed, row_number, k FROM render_outputs WHERE run_id = :r "
+        """A run's images in row order (object_key, prompt, seed, row_number, k, label, c2pa), at most ``limit``."""
+        return self._all("SELECT object_key, prompt, seed, row_number, k, label, c2pa FROM render_outputs "
+                         "WHERE run_id = :r "
                          "ORDER BY row_number, k LIMIT :n", r=run_id, n=limit)
 
     def rejected(self, run_id: str) -> list[dict[str, Any]]:

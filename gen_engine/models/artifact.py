@@ -1,4 +1,5 @@
-"""The generator's artifact folder: ``generator.safetensors`` + ``model.json`` (+ ``discriminator.safetensors``).
+"""The generator's artifact folder: ``generator.safetensors`` + ``model.json`` (+ ``discriminator.safetensors``,
+and ``samples.png``: the sample grid the models page shows).
 
 Safetensors and JSON only, never pickle. Training writes it, the registry publishes it, compile and
 the render backends read it: it lives with the models so none of them depends on the training code.
@@ -9,12 +10,33 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from gen_engine.models.gan import GANConfig, Generator
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from PIL import Image
+
+SAMPLES = "samples.png"
+SAMPLE_SEEDS = 6
+
+
+def sample_grid(render: Callable[[np.ndarray, np.ndarray], np.ndarray], z_dim: int, prompts: list[str]) -> Image.Image:
+    """A generator's sample grid: one row per prompt (labelled), seeds 0-5 across, through ``render(z, text)``
+    (uint8 images). The same prompts and seeds at every checkpoint, so grids compare across a run and runs."""
+    from gen_engine.models.noise import seed_noise
+    from gen_engine.sheets import image_grid
+    from gen_engine.text import shared_encoder
+
+    text = np.repeat(shared_encoder().encode(prompts), SAMPLE_SEEDS, axis=0)
+    z = np.stack([seed_noise(s, z_dim) for s in range(SAMPLE_SEEDS)] * len(prompts))
+    return image_grid(render(z, text), cols=SAMPLE_SEEDS, labels=list(prompts))
 
 
 def model_id_for(model_dir: Path, name: str) -> str:

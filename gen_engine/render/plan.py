@@ -28,7 +28,7 @@ from gen_engine.infra.storage import Storage
 from gen_engine.naming import slugify
 from gen_engine.render import imagemeta
 from gen_engine.render.csvin import PromptCsv, Rejection, RowRules, RowSpec
-from gen_engine.validation import ChunkedSuite
+from gen_engine.validation import ChunkedSuite, upload_docs
 
 log = logging.getLogger(__name__)
 PART_FORMAT = "shard-{:05d}.jsonl"
@@ -147,7 +147,8 @@ def prepare(source: str, campaign: str, settings: Settings, store: Storage, *, m
         last_row = 0
         table: dict[str, list[Any]] = {"prompt_chars": [], "seed": [], "count": [], "asset": [], "format": [],
                                        "variety": []}  # light columns for the GX suite (no prompt text)
-        suite = ChunkedSuite("prompt_csv")
+        docs = Path(td) / "data_docs"  # GX Data Docs of the run's validation, uploaded beside its validation.json
+        suite = ChunkedSuite("prompt_csv", docs_dir=docs)
         with open(rejected_path, "w", encoding="utf-8") as rej:
             for item in reader:
                 if isinstance(item, Rejection):
@@ -179,6 +180,8 @@ def prepare(source: str, campaign: str, settings: Settings, store: Storage, *, m
                         content_type="application/json")
         stats["validation"] = {"suite": validation.get("suite"), "success": validation["success"],
                                **validation.get("statistics", {})}
+        if (docs / "index.html").exists():
+            stats["validation"]["data_docs"] = upload_docs(store, bucket, prefix + "data_docs/", docs)
         plan = Plan(slug, run_id, prefix, csv_key, sha, model_ref, backend, stats, shards, time.monotonic() - t0)
         store.put_bytes(bucket, prefix + "work/plan.json", json.dumps(plan.to_json(), indent=1).encode(),
                         content_type="application/json")

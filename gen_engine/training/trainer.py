@@ -24,14 +24,12 @@ import torch
 
 from gen_engine.datasets.curated import TrainData
 from gen_engine.errors import UserError
-from gen_engine.models.artifact import model_id_for, save_model
+from gen_engine.models.artifact import SAMPLES, model_id_for, sample_grid, save_model
 from gen_engine.models.encoder import ImageEncoder, encoder_meta, load_encoder, save_encoder
 from gen_engine.models.gan import Discriminator, Generator, to_uint8
-from gen_engine.models.noise import seed_noise
 from gen_engine.models.upsampler import META as UP_META
 from gen_engine.models.upsampler import WEIGHTS as UP_WEIGHTS
 from gen_engine.models.upsampler import has_upsampler
-from gen_engine.sheets import image_grid
 from gen_engine.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from gen_engine.training.config import TrainConfig
 from gen_engine.training.device import bf16_autocast, pick_device
@@ -210,15 +208,12 @@ class Trainer:
     # --- artifacts -------------------------------------------------------------------------------
     @torch.no_grad()
     def write_samples(self) -> Path:
-        """Grid: one row per fixed prompt, 6 fixed seeds per row."""
-        from gen_engine.text import shared_encoder
+        """Grid: one row per fixed prompt, 6 fixed seeds per row (`models.artifact.sample_grid`)."""
+        def render(z: np.ndarray, text: np.ndarray) -> np.ndarray:
+            return to_uint8(self.g_ema(torch.from_numpy(z).to(self.device), torch.from_numpy(text).to(self.device)))
 
-        prompts = self.sample_prompts
-        text = torch.from_numpy(shared_encoder().encode(prompts)).repeat_interleave(6, 0).to(self.device)
-        z = torch.from_numpy(np.stack([seed_noise(s, self.cfg.gan.z_dim) for s in range(6)] * len(prompts)))
-        imgs = to_uint8(self.g_ema(z.to(self.device), text))
         path = self.run_dir / f"samples_{self.step:07d}.png"
-        image_grid(imgs, cols=6, labels=[p for p in prompts]).save(path)
+        sample_grid(render, self.cfg.gan.z_dim, self.sample_prompts).save(path)
         return path
 
     def write_loss_curve(self) -> Path:
@@ -253,6 +248,7 @@ class Trainer:
                 "sample_prompts": self.sample_prompts, "parent_model": self.parent,
                 "precision": {"bf16": self.autocast, "reason": self.precision_reason}, **(extra or {})}
         out = save_model(self.run_dir / "model", self.g_ema, meta, d=self.d)
+        shutil.copyfile(self.write_samples(), out / SAMPLES)
         if self.parent_dir is not None and has_upsampler(self.parent_dir):
             # The upsampler learned the look of the dataset's 64 px images, not this generator's weights:
             # a warm-started model keeps its parent's until `genengine train-upsampler` trains another.

@@ -104,10 +104,12 @@ class ChunkedSuite:
     stays flat in the table's size. Every row meets every row-level expectation; a whole-column one
     (uniqueness) holds within each chunk, which is why the row rules that feed it check it over the
     whole file as well. `result` is the first failing chunk's result (or the last), with ``success``
-    over all chunks, ``chunks`` and ``rows_validated``."""
+    over all chunks, ``chunks`` and ``rows_validated``. With ``docs_dir``, one Data Docs site there lists
+    every chunk's validation."""
 
-    def __init__(self, suite_name: str) -> None:
+    def __init__(self, suite_name: str, docs_dir: Path | None = None) -> None:
         self.suite_name = suite_name
+        self.docs_dir = docs_dir
         self._runner: SuiteRunner | None = None
         self._results: list[dict[str, Any]] = []
         self.rows = 0
@@ -115,7 +117,7 @@ class ChunkedSuite:
     def add(self, df: pl.DataFrame) -> None:
         if len(df) == 0:
             return
-        self._runner = self._runner or SuiteRunner()
+        self._runner = self._runner or SuiteRunner(self.docs_dir)
         self._results.append(self._runner.run(df, self.suite_name))
         self.rows += len(df)
 

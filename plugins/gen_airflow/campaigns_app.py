@@ -19,10 +19,11 @@ import zipfile
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.concurrency import iterate_in_threadpool
-from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 try:  # the API server has it; the dependency is what puts the app behind Airflow's authentication
     from airflow.api_fastapi.core_api.security import get_user
@@ -44,7 +45,10 @@ _CSS = (":root{color-scheme:light dark;--fg:#1f2328;--muted:#656d76;--line:#d0d7
         ".bar>i{display:block;height:100%;background:var(--bar)}"
         ".strip img{height:40px;width:40px;object-fit:cover;border-radius:3px;margin-right:2px}"
         ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px}figure{margin:0}"
-        "img{max-width:100%;border-radius:4px}figcaption{font-size:.8rem}form{margin:0 0 1rem}")
+        "img{max-width:100%;border-radius:4px}figcaption{font-size:.8rem}form{margin:0 0 1rem}"
+        ".badge{display:inline-block;border:1px solid var(--line);border-radius:9px;padding:0 6px;margin-top:2px;"
+        "font-size:.75rem;color:var(--muted)}img.samples{width:150px;display:block;margin-top:4px}"
+        "tr:target{outline:2px solid var(--bar)}")
 STATUSES = ("running", "success", "failed")
 
 
@@ -57,7 +61,7 @@ def _stores() -> tuple[Any, Any, Any]:
 
 
 def _runs(status: str = "", campaign: str = "", thumbs: int = 0) -> list[dict[str, Any]]:
-    """Render runs, newest first, with their progress, links (presigned) and a few thumbnails."""
+    """Render runs, newest first, with their progress, links (presigned, or through this app) and thumbnails."""
     s, store, lineage = _stores()
     out = []
     for r in lineage.runs(campaign=campaign or None, limit=200):
@@ -65,20 +69,35 @@ def _runs(status: str = "", campaign: str = "", thumbs: int = 0) -> list[dict[st
             continue
         summary = json.loads(r.pop("summary_json") or "{}")
         prefix = summary.get("prefix") or f"{r['campaign']}/{r['run_id']}/"
-        url = lambda key: store.presigned_get(s.bucket_renders, key, expires=timedelta(hours=1))  # noqa: E731,B023
         model = lineage.model(r["model_id"]) if r.get("model_id") else None
         out.append({**r, "throughput_images_per_s": summary.get("throughput_images_per_s"), "prefix": prefix,
                     "error": summary.get("error"), "progress": lineage.progress(r["run_id"]),
                     "model_version": model["version"] if model else None,
                     "dataset_version_id": model["dataset_version_id"] if model else None,
-                    "links": {name: url(prefix + f) for name, f in (
-                        ("gallery", "index.html"), ("manifest.csv", "manifest.csv"),
-                        ("manifest.parquet", "manifest.parquet"), ("rejected.csv", "rejected.csv"),
-                        ("validation", "validation.json"))} | {"Airflow runs": "../dags/campaign_render"}
-                    if r["status"] == "success" else {"Airflow runs": "../dags/campaign_render"},
-                    "thumbnails": [url(o["object_key"]) for o in lineage.run_outputs(r["run_id"], thumbs)]
+                    "links": _run_links(r, prefix, summary),
+                    "thumbnails": [_presigned(o["object_key"]) for o in lineage.run_outputs(r["run_id"], thumbs)]
                     if thumbs else []})
     return out
+
+
+def _presigned(key: str, bucket: str = "") -> str:
+    s, store, _ = _stores()
+    return store.presigned_get(bucket or s.bucket_renders, key, expires=timedelta(hours=1))
+
+
+def _run_links(r: dict[str, Any], prefix: str, summary: dict[str, Any]) -> dict[str, str]:
+    """Where a run's outputs and reports are: S3 objects presigned, Data Docs through this app, the Airflow
+    run (the DAG's runs for a run the CLI rendered). Relative to the app's root."""
+    dag = r.get("dag_id") or "campaign_render"
+    links = {"Airflow run": f"../dags/{quote(dag)}/runs/{quote(r['dag_run_id'], safe='')}" if r.get("dag_run_id")
+             else f"../dags/{quote(dag)}/runs"}
+    if (summary.get("validation") or {}).get("data_docs"):
+        links["validation (Data Docs)"] = f"runs/{quote(r['run_id'])}/data_docs/index.html"
+    if r["status"] == "success":
+        links |= {name: _presigned(prefix + f) for name, f in (
+            ("gallery", "index.html"), ("manifest.csv", "manifest.csv"), ("manifest.parquet", "manifest.parquet"),
+            ("rejected.csv", "rejected.csv"), ("validation.json", "validation.json"))}
+    return links
 
 
 @app.get("/api/runs")
@@ -140,8 +159,26 @@ def _strip(r: dict[str, Any]) -> str:
     return "".join(f"<img loading='lazy' alt='thumbnail' src='{e(u)}'>" for u in r["thumbnails"])
 
 
-def _links(r: dict[str, Any]) -> str:
-    return " · ".join(f"<a href='{e(u)}'>{e(name)}</a>" for name, u in r["links"].items())
+def _links(links: dict[str, str], root: str = "") -> str:
+    """Links as HTML; ``root`` leads from the page to the app's root (the links' base). Airflow's own pages
+    open in the whole window: inside Airflow's UI this page is an iframe."""
+    def href(u: str) -> str:
+        return u if u.startswith(("http://", "https://")) else root + u
+
+    return " · ".join(f"<a href='{e(href(u))}'{TOP if u.startswith('../') else ''}>{e(name)}</a>"
+                      for name, u in links.items())
+
+
+TOP = " target='_top'"
+
+
+def _model_cell(r: dict[str, Any]) -> str:
+    if not r.get("model_id"):
+        return "-"
+    data = (f"<a href='datasets/{e(quote(r['dataset_version_id']))}/data_docs/index.html'>"
+            f"data {e(r['dataset_version_id'][:12])}</a>" if r.get("dataset_version_id") else "no dataset on record")
+    return (f"<a href='models#{e(quote(r['model_id']))}'>{e(r['model_id'])}</a><div class='muted'>"
+            f"v{e(str(r['model_version']))} · {data}</div>")
 
 
 @app.get("/", response_class=HTMLResponse)
@@ -156,9 +193,8 @@ async def index(status: str = "", campaign: str = "") -> str:
         f"<td class='progress'>{_progress_cell(r)}</td>"
         f"<td>{r['rows_read']} read<div class='muted'>{r['rows_accepted']} accepted · {r['rows_rejected']} rejected"
         f"</div></td><td>{r['images']}</td><td>{(r['throughput_images_per_s'] or 0):.1f}</td>"
-        f"<td>{e(str(r['model_id']))}<div class='muted'>v{e(str(r['model_version']))} · data "
-        f"{e(str(r['dataset_version_id']))}</div></td>"
-        f"<td class='strip'>{_strip(r)}</td><td>{_links(r)}</td></tr>" for r in runs)
+        f"<td>{_model_cell(r)}</td>"
+        f"<td class='strip'>{_strip(r)}</td><td>{_links(r['links'])}</td></tr>" for r in runs)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Campaigns</title><style>{_CSS}</style></head>"
             "<body><h1>Campaigns</h1><p><a href='models'>models</a></p>"
             "<form method='get'><input name='campaign' placeholder='campaign' "
@@ -168,32 +204,99 @@ async def index(status: str = "", campaign: str = "") -> str:
 
 
 def _gallery(run_id: str, limit: int) -> str:
-    s, store, lineage = _stores()
+    _, _, lineage = _stores()
     run = lineage.run(run_id)
     if run is None:
         raise HTTPException(status_code=404, detail=f"no render run {run_id}")
     outs = lineage.run_outputs(run_id, limit)
-    url = lambda key: store.presigned_get(s.bucket_renders, key, expires=timedelta(hours=1))  # noqa: E731
+    summary = json.loads(run.get("summary_json") or "{}")
     figs = "".join(
-        f"<figure><img loading='lazy' src='{e(url(o['object_key']))}' alt='{e(o['prompt'])}'>"
-        f"<figcaption>row {o['row_number']} · seed {o['seed']}<br>{e(o['prompt'])}</figcaption></figure>"
-        for o in outs)
+        f"<figure><img loading='lazy' src='{e(_presigned(o['object_key']))}' alt='{e(o['prompt'])}'>"
+        f"<figcaption>row {o['row_number']} · seed {o['seed']}<br>{e(o['prompt'])}<br>{_provenance(o)}</figcaption>"
+        "</figure>" for o in outs)
     rej = lineage.rejected(run_id)
     rej_rows = "".join(f"<tr><td>{r['row_number']}</td><td>{e(r['reason'])}</td></tr>" for r in rej[:200])
+    labelled = summary.get("labels") or {}
+    labels = (f" · {labelled.get('visible_label', 0)} with a visible AI label, {labelled.get('c2pa_signed', 0)} "
+              "C2PA-signed" if labelled else "")
+    links = _links(_run_links(run, summary.get("prefix") or f"{run['campaign']}/{run_id}/", summary), root="../")
+    download = (f" · <a href='{e(run_id)}/download.zip'>download the whole run (zip)</a>"
+                if run["status"] == "success" else "")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(run['campaign'])}</title><style>{_CSS}</style>"
             f"</head><body><p><a href='../'>all campaigns</a></p><h1>{e(run['campaign'])}</h1>"
             f"<p>run {e(run_id)} · {e(run['status'])} · {run['rows_read']} rows read = "
             f"{run['rows_accepted']} accepted + {run['rows_rejected']} rejected + {run['rows_blank']} blank · "
-            f"{run['images']} images · model "
-            f"{e(str(run['model_id']))} · CSV {e(run['csv_key'])} · <a href='{e(run_id)}/download.zip'>download the "
-            f"whole run (zip)</a></p><div class='grid'>{figs}</div>"
+            f"{run['images']} images{labels} · model "
+            f"{e(str(run['model_id']))} · CSV {e(run['csv_key'])}{download}</p><p>{links}</p>"
+            f"<div class='grid'>{figs}</div>"
             f"<h2>Rejected rows ({len(rej)})</h2><table><tr><th>row</th><th>reason</th></tr>{rej_rows}</table>"
             "</body></html>")
+
+
+def _provenance(o: dict[str, Any]) -> str:
+    """An image's labelling as its manifest says: the visible label's placement and the C2PA state."""
+    if o.get("label") is None and o.get("c2pa") is None:
+        return "<span class='muted'>labels not recorded</span>"
+    label = "no visible label" if o.get("label") in (None, "none") else f"AI label: {e(o['label'])}"
+    c2pa = "C2PA signed" if o.get("c2pa") == "signed" else "not signed"
+    return f"<span class='badge'>{label}</span> <span class='badge'>{c2pa}</span>"
 
 
 @app.get("/runs/{run_id}", response_class=HTMLResponse)
 async def gallery(run_id: str, limit: int = 200) -> str:
     return await asyncio.to_thread(_gallery, run_id, min(max(limit, 1), 1000))
+
+
+def _docs_object(prefix_of: Any, ident: str, path: str) -> tuple[bytes, str]:
+    """One file of a Data Docs site kept in S3 under ``prefix_of(ident)`` (bucket, prefix): its bytes and
+    type. The path stays inside the site (no empty, '.' or '..' parts)."""
+    import mimetypes
+
+    parts = path.split("/")
+    if not path or any(p in ("", ".", "..") or "\\" in p for p in parts):
+        raise HTTPException(status_code=404, detail="no such report file")
+    where = prefix_of(ident)
+    if where is None:
+        raise HTTPException(status_code=404, detail=f"no validation report for {ident}")
+    bucket, prefix = where
+    from gen_engine.infra.storage import ObjectNotFound
+
+    try:
+        body = _stores()[1].get_bytes(bucket, prefix + "data_docs/" + path)
+    except ObjectNotFound:
+        raise HTTPException(status_code=404, detail=f"no report file {path}") from None
+    return body, mimetypes.guess_type(parts[-1])[0] or "application/octet-stream"
+
+
+def _run_prefix(run_id: str) -> tuple[str, str] | None:
+    s, _, lineage = _stores()
+    run = lineage.run(run_id)
+    if run is None:
+        return None
+    summary = json.loads(run.get("summary_json") or "{}")
+    return s.bucket_renders, summary.get("prefix") or f"{run['campaign']}/{run_id}/"
+
+
+def _dataset_prefix(version_id: str) -> tuple[str, str] | None:
+    row = _stores()[2].dataset_version_by_id(version_id)
+    if row is None:
+        return None
+    bucket, _, prefix = row["uri"].removeprefix("s3://").partition("/")
+    return bucket, prefix
+
+
+@app.get("/runs/{run_id}/data_docs/{path:path}")
+async def run_data_docs(run_id: str, path: str) -> Response:
+    """The GX Data Docs of a run's prompt-CSV validation, from S3 (its pages link each other relatively)."""
+    body, kind = await asyncio.to_thread(_docs_object, _run_prefix, run_id, path)
+    return Response(body, media_type=kind)
+
+
+@app.get("/datasets/{version_id}/data_docs/{path:path}")
+async def dataset_data_docs(version_id: str, path: str) -> Response:
+    """The GX Data Docs of a dataset version's ingest validation, from S3."""
+    body, kind = await asyncio.to_thread(_docs_object, _dataset_prefix, version_id, path)
+    return Response(body, media_type=kind)
 
 
 METRIC_KEYS = (("r_precision", "R-precision"), ("fd", "FD"), ("color_judge", "colour judge"),
@@ -210,12 +313,24 @@ def _models() -> list[dict[str, Any]]:
         engines = [{"backend": en["backend"], "parity": json.loads(en.get("report_json") or "{}").get(
                     "parity", json.loads(en.get("report_json") or "{}").get("onnx", {}).get("parity"))}
                    for en in lineage.engines(m["model_id"])]
+        samples = _samples_url(m)
         out.append({"model_id": m["model_id"], "version": m["version"], "created_at": m["created_at"],
+                    "samples": samples,
                     "dataset_version_id": m["dataset_version_id"], "parent_model_id": m.get("parent_model_id"),
                     "aliases": sorted(a for a, mid in aliases.items() if mid == m["model_id"]),
                     "metrics": {k: metrics[k] for k, _ in METRIC_KEYS if k in metrics},
                     "gate": metrics.get("gate"), "promotion": metrics.get("promotion"), "engines": engines})
     return out
+
+
+def _samples_url(m: dict[str, Any]) -> str | None:
+    """Presigned URL of a model's sample grid (``samples.png`` beside its weights), None if it has none."""
+    if not str(m.get("uri", "")).startswith("s3://"):
+        return None
+    bucket, _, prefix = m["uri"].removeprefix("s3://").partition("/")
+    if not _stores()[1].exists(bucket, prefix + "samples.png"):
+        return None
+    return _presigned(prefix + "samples.png", bucket)
 
 
 @app.get("/api/models")
@@ -236,7 +351,8 @@ async def models_page() -> str:
     models = await asyncio.to_thread(_models)
     head = "".join(f"<th>{label}</th>" for _, label in METRIC_KEYS)
     rows = "".join(
-        f"<tr><td>v{m['version']} {e(m['model_id'])}<div class='muted'>{e(m['created_at'])}</div></td>"
+        f"<tr id='{e(m['model_id'])}'><td>v{m['version']} {e(m['model_id'])}<div class='muted'>"
+        f"{e(m['created_at'])}</div>{_samples_img(m)}</td>"
         f"<td>{e(', '.join(m['aliases']) or '-')}</td><td>{e(str(m['dataset_version_id']))}<div class='muted'>"
         f"from {e(str(m['parent_model_id'] or '-'))}</div></td>"
         + "".join(f"<td>{_figure(m['metrics'].get(k))}</td>" for k, _ in METRIC_KEYS)
@@ -247,6 +363,13 @@ async def models_page() -> str:
             "<body><p><a href='./'>campaigns</a></p><h1>Models</h1><table><tr><th>version</th><th>aliases</th>"
             f"<th>dataset</th>{head}<th>gate: promote?</th><th>promoted?</th><th>engines (parity)</th></tr>{rows}"
             "</table></body></html>")
+
+
+def _samples_img(m: dict[str, Any]) -> str:
+    if not m.get("samples"):
+        return "<div class='muted'>no sample grid</div>"
+    return (f"<a href='{e(m['samples'])}'><img class='samples' loading='lazy' alt='sample grid of "
+            f"{e(m['model_id'])}' src='{e(m['samples'])}'></a>")
 
 
 def _engine(en: dict[str, Any]) -> str:

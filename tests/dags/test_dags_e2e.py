@@ -64,6 +64,13 @@ def test_csv_dropped_in_incoming_ends_rendered_and_processed(s3_settings, factor
     assert summary["counts"] == {"rows_read": 3, "rows_accepted": 2, "rows_rejected": 1, "rows_blank": 0, "images": 3}
     assert summary["model_id"] == production_model
     assert "&lt;b&gt;circle&lt;/b&gt;" in store.get_bytes("renders", summary["prefix"] + "index.html").decode()
+    # The lineage knows the Airflow run that rendered it (the Campaigns page links it) and each image's labels.
+    from gen_engine.infra.lineage import LineageStore
+
+    lineage = LineageStore.from_settings(s3_settings)
+    row = lineage.run(summary["run_id"])
+    assert (row["dag_id"], row["dag_run_id"]) == ("campaign_render", run.run_id)
+    assert {(o["label"], o["c2pa"]) for o in lineage.run_outputs(summary["run_id"])} == {("none", "signed")}
 
 
 def test_malformed_csv_ends_in_failed_with_its_report(s3_settings, factory_env, production_model) -> None:

@@ -65,8 +65,27 @@ def test_pages_answer_and_escape_user_text(client, s3_settings: Settings, tmp_pa
         # A finished run: its progress complete, its outputs linked (presigned), its thumbnails shown.
         assert mine["progress"]["shards_done"] == mine["progress"]["shards_total"] == 1
         assert mine["progress"]["images_done"] == mine["progress"]["images_total"] == 1
-        assert set(mine["links"]) == {"gallery", "manifest.csv", "manifest.parquet", "rejected.csv", "validation",
-                                      "Airflow runs"}
+        assert set(mine["links"]) == {"gallery", "manifest.csv", "manifest.parquet", "rejected.csv", "validation.json",
+                                      "validation (Data Docs)", "Airflow run"}
+        assert mine["links"]["Airflow run"] == "../dags/campaign_render/runs"  # the CLI rendered it: no DAG run
+        # The run's GX Data Docs come through the app (behind its login), the site's own pages and styles too.
+        docs = c.get(mine["links"]["validation (Data Docs)"])
+        assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
+        assert "prompt_csv" in docs.text
+        for linked in ("expectations/prompt_csv_accepted.html", "static/images/favicon.ico"):
+            assert linked in docs.text and c.get(f"/runs/{summary['run_id']}/data_docs/{linked}").status_code == 200
+        for bad in ("../../../etc/passwd", "..%2F..%2Fmanifest.csv", "static//x"):
+            assert c.get(f"/runs/{summary['run_id']}/data_docs/{bad}").status_code == 404, bad
+        from fastapi import HTTPException
+        from gen_airflow.campaigns_app import _docs_object, _run_prefix
+
+        for bad in ("../manifest.csv", "a/../../manifest.csv", "", "./index.html", "..\\manifest.csv"):
+            with pytest.raises(HTTPException):  # as the route gets them, past any client's URL clean-up
+                _docs_object(_run_prefix, summary["run_id"], bad)
+        assert c.get("/runs/no-such-run/data_docs/index.html").status_code == 404
+        # Each image's labelling as its manifest says (this run: no visible label, C2PA signed).
+        assert "no visible label</span> <span class='badge'>C2PA signed" in gallery.text
+        assert "0 with a visible AI label, 1 C2PA-signed" in gallery.text
         assert "shards 1/1 · images 1/1" in page and page.count("alt='thumbnail'") >= 1
         assert c.get("/", params={"status": "failed"}).text.count(summary["run_id"]) == 0
         assert summary["run_id"] in c.get("/", params={"status": "success", "campaign": mine["campaign"]}).text
@@ -126,6 +145,7 @@ def test_models_page_shows_versions_figures_decisions_aliases_and_engines(client
         lineage.register_model("generator", mid, uri=f"s3://models/{mid}/", dataset_version_id=None, config={},
                                metrics={"r_precision": 0.5 - v / 10, "fd": 0.1 * v}, code_version="t")
     lineage.set_alias("generator", "staging-page", "gen-page-a")
+    res.storage.put_bytes("models", "gen-page-a/samples.png", b"\x89PNG-ish", content_type="image/png")
     champion = {"model_id": "gen-page-a", "r_precision": 0.4, "fd": 0.1}
     promote, reason = gate_and_record(res, {"challenger": {"model_id": "gen-page-b", "r_precision": 0.3, "fd": 0.2},
                                             "champion": champion})
@@ -141,6 +161,10 @@ def test_models_page_shows_versions_figures_decisions_aliases_and_engines(client
         assert models["gen-page-a"]["engines"] == [{"backend": "onnxruntime", "parity": {"max_abs_error": 2.5e-7}}]
         page = c.get("/models").text
         assert "staging-page" in page and "parity 2.5e-07" in page and "0.300" in page
+        # Each version's sample grid (presigned) where it has one; rows are anchors the Campaigns page links.
+        assert "X-Amz-Signature=" in models["gen-page-a"]["samples"] and b["samples"] is None
+        assert "alt='sample grid of gen-page-a'" in page and "no sample grid" in page
+        assert "<tr id='gen-page-a'>" in page
         from html import escape
 
         assert escape(reason) in page
