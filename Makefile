@@ -12,7 +12,7 @@ export AWS_SECRET_ACCESS_KEY ?= genlocal-secret-change-me
 export GEN_LOCAL_DIR ?= $(CURDIR)/.local
 export AIRFLOW_HOME ?= $(CURDIR)/.local/airflow
 
-.PHONY: install services-up services-down demo test bench lint constraints clean starter-model
+.PHONY: install services-up services-down demo test bench lint constraints clean starter-model screenshots
 
 install: $(VENV)/.installed
 
@@ -47,6 +47,10 @@ bench: install
 # 2 CPU cores. The same data, config and seed give the same weights on the same kind of machine.
 starter-model: install
 	$(BIN)/genengine models train-starter --out starter/model --work .local/starter
+
+# Maintainers: retake the README's screenshots (docs/screenshots/) with the browser tests that check the pages.
+screenshots: install
+	GEN_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -q tests/dags/test_browser.py
 
 lint: install
 	$(BIN)/ruff check .

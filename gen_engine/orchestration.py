@@ -355,7 +355,7 @@ def plan_campaign(res: Resources, params: dict[str, Any], dag_run: tuple[str, st
         raise CampaignFailed(str(e)) from None
     # The run is on record from here on, so a run that fails while rendering shows as failed, not as nothing.
     res.lineage.start_run(plan.run_id, plan.campaign, csv_key=plan.csv_key, csv_sha256=plan.csv_sha256,
-                          model_id=model["model_id"], backend=plan.backend, dag_run=dag_run)
+                          model_id=model["model_id"], backend=plan.backend, dag_run=dag_run, counts=plan.stats)
     res.lineage.plan_progress(plan.run_id, [(s["index"], s["images"]) for s in plan.shards])
     return {"plan_key": f"{plan.prefix}work/plan.json", "csv_key": csv_key, "campaign": plan.campaign,
             "run_id": plan.run_id, "shards": plan.shards, "stats": plan.stats, "filed": filed}

@@ -263,12 +263,13 @@ class LineageStore:
     # --- campaigns and render runs -----------------------------------------------------------------
     def start_run(
         self, run_id: str, campaign: str, *, csv_key: str, csv_sha256: str, model_id: str | None,
-        backend: str | None, dag_run: tuple[str, str] | None = None,
+        backend: str | None, dag_run: tuple[str, str] | None = None, counts: Mapping[str, Any] | None = None,
     ) -> None:
         """Record a render run as started. Idempotent: a resumed run keeps its row. A run id fixes its
         model (`render.plan.run_identity`); a caller reusing one with another model gets the old output
         rows dropped rather than mixed with the new. ``dag_run``: (dag id, run id) of the Airflow run
-        rendering it (the Campaigns page links it); a later DAG run resuming it takes its place."""
+        rendering it (the Campaigns page links it); a later DAG run resuming it takes its place. ``counts``:
+        the plan's row counts (rows_read, rows_accepted, rows_rejected, rows_blank), shown while it renders."""
         with self.engine.begin() as c:
             _insert_ignore(c, "campaigns", {"name": campaign, "created_at": utcnow()}, key="name")
             _insert_ignore(c, "render_runs", {
@@ -280,6 +281,12 @@ class LineageStore:
                 c.execute(sa.text("DELETE FROM render_outputs WHERE run_id = :r"), {"r": run_id})
             c.execute(sa.text("UPDATE render_runs SET model_id = :m, backend = :b, status = 'running' "
                               "WHERE run_id = :r"), {"m": model_id, "b": backend, "r": run_id})
+            if counts is not None:
+                c.execute(sa.text("UPDATE render_runs SET rows_read = :rr, rows_accepted = :ra, rows_rejected = :rj, "
+                                  "rows_blank = :rb WHERE run_id = :r"),
+                          {"r": run_id, **{k: int(counts.get(c_, 0)) for k, c_ in (
+                              ("rr", "rows_read"), ("ra", "rows_accepted"), ("rj", "rows_rejected"),
+                              ("rb", "rows_blank"))}})
             if dag_run is not None:
                 c.execute(sa.text("UPDATE render_runs SET dag_id = :d, dag_run_id = :dr WHERE run_id = :r"),
                           {"d": dag_run[0], "dr": dag_run[1], "r": run_id})

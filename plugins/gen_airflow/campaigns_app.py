@@ -45,7 +45,8 @@ _CSS = (":root{color-scheme:light dark;--fg:#1f2328;--muted:#656d76;--line:#d0d7
         ".bar>i{display:block;height:100%;background:var(--bar)}"
         ".strip img{height:40px;width:40px;object-fit:cover;border-radius:3px;margin-right:2px}"
         ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px}figure{margin:0}"
-        "img{max-width:100%;border-radius:4px}figcaption{font-size:.8rem}form{margin:0 0 1rem}"
+        "img{max-width:100%;border-radius:4px}.grid img{width:100%;aspect-ratio:1;object-fit:contain}"
+        "figcaption{font-size:.8rem}form{margin:0 0 1rem}"
         ".badge{display:inline-block;border:1px solid var(--line);border-radius:9px;padding:0 6px;margin-top:2px;"
         "font-size:.75rem;color:var(--muted)}img.samples{width:150px;display:block;margin-top:4px}"
         "tr:target{outline:2px solid var(--bar)}")
@@ -114,10 +115,20 @@ def _progress_cell(r: dict[str, Any]) -> str:
         return e(r["status"])
     pct = 100 * p["images_done"] / max(p["images_total"], 1)
     rate = f" · {p['images_per_s']:.1f} img/s" if p.get("images_per_s") else ""
-    eta = f" · {p['eta_s']:.0f}s left" if r["status"] == "running" and p.get("eta_s") else ""
+    eta = f" · {_left(p['eta_s'])}" if r["status"] == "running" and p.get("eta_s") else ""
     return (f"{e(r['status'])}<div class='bar'><i style='width:{pct:.0f}%'></i></div><div class='muted'>"
             f"shards {p['shards_done']}/{p['shards_total']} · images {p['images_done']}/{p['images_total']}"
             f"{rate}{eta}</div>")
+
+
+def _rate(r: dict[str, Any]) -> str:
+    """Images/s: the finished run's own figure; while it renders, the rate so far."""
+    rate = r["throughput_images_per_s"] if r["status"] != "running" else (r.get("progress") or {}).get("images_per_s")
+    return f"{rate:.1f}" if rate else "-"
+
+
+def _left(eta_s: float) -> str:
+    return "under 1 s left" if eta_s < 1 else f"{eta_s:.0f} s left" if eta_s < 120 else f"{eta_s / 60:.0f} min left"
 
 
 # While a run renders, the page asks /api/runs for the running runs only every 3 s and replaces their
@@ -125,6 +136,7 @@ def _progress_cell(r: dict[str, Any]) -> str:
 # Text goes in as DOM text (textContent, append), never as HTML.
 _POLL = """<script>
 (function(){
+  function left(s){return s<1?'under 1 s left':s<120?s.toFixed(0)+' s left':(s/60).toFixed(0)+' min left'}
   function cell(r){
     const p=r.progress, d=document.createElement('td'); d.className='progress';
     if(!p){d.textContent=r.status;return d}
@@ -134,7 +146,7 @@ _POLL = """<script>
     const m=document.createElement('div'); m.className='muted';
     m.textContent='shards '+p.shards_done+'/'+p.shards_total+' · images '+p.images_done+'/'+p.images_total+
       (p.images_per_s?' · '+p.images_per_s.toFixed(1)+' img/s':'')+
-      (r.status==='running'&&p.eta_s?' · '+p.eta_s.toFixed(0)+'s left':'');
+      (r.status==='running'&&p.eta_s?' · '+left(p.eta_s):'');
     d.append(m); return d;
   }
   async function tick(){
@@ -192,7 +204,7 @@ async def index(status: str = "", campaign: str = "") -> str:
         f"<td><a href='runs/{e(r['run_id'])}'>{e(r['run_id'])}</a><div class='muted'>{e(r['started_at'])}</div></td>"
         f"<td class='progress'>{_progress_cell(r)}</td>"
         f"<td>{r['rows_read']} read<div class='muted'>{r['rows_accepted']} accepted · {r['rows_rejected']} rejected"
-        f"</div></td><td>{r['images']}</td><td>{(r['throughput_images_per_s'] or 0):.1f}</td>"
+        f"</div></td><td>{r['images']}</td><td>{_rate(r)}</td>"
         f"<td>{_model_cell(r)}</td>"
         f"<td class='strip'>{_strip(r)}</td><td>{_links(r['links'])}</td></tr>" for r in runs)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Campaigns</title><style>{_CSS}</style></head>"
@@ -353,7 +365,7 @@ async def models_page() -> str:
     rows = "".join(
         f"<tr id='{e(m['model_id'])}'><td>v{m['version']} {e(m['model_id'])}<div class='muted'>"
         f"{e(m['created_at'])}</div>{_samples_img(m)}</td>"
-        f"<td>{e(', '.join(m['aliases']) or '-')}</td><td>{e(str(m['dataset_version_id']))}<div class='muted'>"
+        f"<td>{e(', '.join(m['aliases']) or '-')}</td><td>{e(str(m['dataset_version_id'] or '-'))}<div class='muted'>"
         f"from {e(str(m['parent_model_id'] or '-'))}</div></td>"
         + "".join(f"<td>{_figure(m['metrics'].get(k))}</td>" for k, _ in METRIC_KEYS)
         + f"<td>{_decision(m['gate'])}</td><td>{_decision(m['promotion'])}</td><td>"
