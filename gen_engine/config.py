@@ -163,6 +163,8 @@ class Settings(BaseSettings):
     airflow_gpu_tasks: str = Field("train,evaluate,compile,render", description="Task kinds routed to "
                                    "airflow_gpu_queue, comma-separated, of: train, evaluate, compile, render "
                                    "(render: the campaign shards).")
+    airflow_retry_delay_s: int = Field(30, ge=1, description="First retry delay of a failed task (doubling "
+                                       "after each try, at most 10 minutes): transient failures, a lost worker.")
     airflow_s3_conn_id: str = "gen_s3"
 
     @field_validator("s3_endpoint")

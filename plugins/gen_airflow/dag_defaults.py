@@ -19,7 +19,7 @@ START = pendulum.datetime(2026, 1, 1, tz="UTC")
 DEFAULT_ARGS = {
     "owner": "gen-engine",
     "retries": 3,
-    "retry_delay": timedelta(seconds=30),
+    "retry_delay": timedelta(seconds=SETTINGS.airflow_retry_delay_s),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=10),
     "queue": SETTINGS.airflow_default_queue,

@@ -175,7 +175,7 @@ def test_resume_after_sigkill_mid_shard(storage: Storage, s3_settings: Settings,
     prefix = None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        found = [o.key for o in storage.list("renders", "killed/") if "/images/" in o.key]
+        found = [o.key for o in storage.list("renders", "killed/") if o.key.split("/")[2] == "images"]
         if len(found) >= 20:
             prefix = found[0].split("images/")[0]
             break

@@ -125,9 +125,13 @@ def test_model_artifact_rebuilds_from_itself_alone(tmp_path: Path) -> None:
     trainer = Trainer(cfg, two_caption_data(16), tmp_path / "run")
     trainer.train(progress=False)
     out = trainer.export()
-    # The discriminator travels with the model for warm starts; rendering needs only the generator.
+    # The discriminator travels with the model for warm starts, the sample grid for the models page;
+    # rendering needs only the generator.
     assert sorted(p.name for p in out.iterdir()) == ["discriminator.safetensors", "generator.safetensors",
-                                                     "model.json"]
+                                                     "model.json", "samples.png"]
+    from PIL import Image
+
+    assert Image.open(out / "samples.png").size == (6 * 96, len(trainer.sample_prompts) * (96 + 14))
     meta = json.loads((out / "model.json").read_text())
     assert meta["architecture"] == {"resolution": 16, "nf": 8, "z_dim": 100, "text_dim": 384,
                                     "channel_mult": [8, 4, 2], "text_stem": False, "text_norm": True}
