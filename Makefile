@@ -12,7 +12,7 @@ export AWS_SECRET_ACCESS_KEY ?= genlocal-secret-change-me
 export GEN_LOCAL_DIR ?= $(CURDIR)/.local
 export AIRFLOW_HOME ?= $(CURDIR)/.local/airflow
 
-.PHONY: install services-up services-down demo test bench lint constraints clean starter-model screenshots
+.PHONY: install services-up services-down demo test test-distributed bench lint constraints clean starter-model screenshots
 
 install: $(VENV)/.installed
 
@@ -37,7 +37,12 @@ demo: install
 	$(BIN)/genengine demo
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --ignore=tests/distributed
+
+# The CeleryExecutor on this machine: Redis and PostgreSQL (Debian packages, installed when root), the
+# scheduler, dag-processor, api-server and two Celery workers on their own disks (tests/distributed/).
+test-distributed: install
+	GEN_TEST_POSTGRES=1 $(BIN)/python -m pytest -q tests/distributed
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["render_throughput.py", "campaign_throughput.py", "campaign_memory.py", "ingest_throughput.py"]
+BENCHMARKS = ["render_throughput.py", "campaign_throughput.py", "campaign_memory.py", "ingest_throughput.py",
+              "orchestration_overhead.py"]
 
 if __name__ == "__main__":
     extra = sys.argv[1:]

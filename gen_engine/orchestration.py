@@ -382,12 +382,16 @@ def _render_env(res: Resources, model_ref: str, backend: str, _thread: int) -> A
 
 
 def render_planned_shard(res: Resources, plan_key: str, index: int, progress: bool = False) -> dict[str, Any]:
+    """One shard of a planned run; its result adds ``step_seconds``: the whole step, model and encoder
+    loading included (``seconds`` is the rendering alone), which is the task's own work under Airflow."""
     from gen_engine.render.shard import render_shard
 
+    t0 = time.monotonic()
     plan = _load_plan(res, plan_key)
     env = _render_env(res, plan.model_ref, plan.backend, threading.get_ident())  # backends are per thread
-    return render_shard(plan, index, res.settings, res.storage, env, progress=progress,
-                        report=lambda done, total: res.lineage.shard_progress(plan.run_id, index, done, total))
+    out = render_shard(plan, index, res.settings, res.storage, env, progress=progress,
+                       report=lambda done, total: res.lineage.shard_progress(plan.run_id, index, done, total))
+    return {**out, "step_seconds": time.monotonic() - t0}
 
 
 def _finalize(res: Resources, plan_key: str, results: list[dict[str, Any]], file: bool = True) -> dict[str, Any]:
