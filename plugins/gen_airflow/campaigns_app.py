@@ -1,7 +1,9 @@
-"""The "Campaigns" page in the Airflow UI: runs newest first with their status (a failed one with its
-reason), live progress while they render (shards and images done, images/s, time left; the page polls
-``/api/runs``, no reload), thumbnails, filters by campaign and status, links to the gallery, manifests,
-rejected rows, validation report and the DAG's runs; a run page; the whole run as one streamed zip.
+"""The "Campaigns" page in the Airflow UI: runs newest first with their state (planned, rendering, done,
+or failed with its reason), live progress while they render (shards and images done, images/s, time
+left; the page polls ``/api/runs``, no reload), thumbnails, filters by campaign and status, links to
+the Airflow run, the gallery, manifests, rejected rows, the validation report (GX Data Docs, served from
+S3 through this app), the model and its dataset version; a run page with each image's labels and C2PA
+state; a models page; the whole run as one streamed zip.
 
 A FastAPI app mounted by the plugin at ``/campaigns``. Read-only. Airflow does not authenticate
 plugin apps, so every route depends on Airflow's own ``get_user`` (the UI's session cookie or a
@@ -51,6 +53,14 @@ _CSS = (":root{color-scheme:light dark;--fg:#1f2328;--muted:#656d76;--line:#d0d7
         "font-size:.75rem;color:var(--muted)}img.samples{width:150px;display:block;margin-top:4px}"
         "tr:target{outline:2px solid var(--bar)}")
 STATUSES = ("running", "success", "failed")
+STATUS_LABELS = {"": "any status", "running": "planned or rendering", "success": "done", "failed": "failed"}
+
+
+def _stage(status: str, progress: dict[str, Any] | None) -> str:
+    """What a person calls a run's state: planned (no image yet), rendering, done, failed."""
+    if status == "running":
+        return "rendering" if progress and progress["images_done"] else "planned"
+    return {"success": "done"}.get(status, status)
 
 
 def _stores() -> tuple[Any, Any, Any]:
@@ -71,8 +81,9 @@ def _runs(status: str = "", campaign: str = "", thumbs: int = 0) -> list[dict[st
         summary = json.loads(r.pop("summary_json") or "{}")
         prefix = summary.get("prefix") or f"{r['campaign']}/{r['run_id']}/"
         model = lineage.model(r["model_id"]) if r.get("model_id") else None
+        progress = lineage.progress(r["run_id"])
         out.append({**r, "throughput_images_per_s": summary.get("throughput_images_per_s"), "prefix": prefix,
-                    "error": summary.get("error"), "progress": lineage.progress(r["run_id"]),
+                    "error": summary.get("error"), "progress": progress, "stage": _stage(r["status"], progress),
                     "model_version": model["version"] if model else None,
                     "dataset_version_id": model["dataset_version_id"] if model else None,
                     "links": _run_links(r, prefix, summary),
@@ -112,11 +123,11 @@ def _progress_cell(r: dict[str, Any]) -> str:
     if r["status"] == "failed":
         return f"<span class='failed'>failed</span><div class='muted'>{e(r.get('error') or '')}</div>"
     if not p:
-        return e(r["status"])
+        return e(r["stage"])
     pct = 100 * p["images_done"] / max(p["images_total"], 1)
     rate = f" · {p['images_per_s']:.1f} img/s" if p.get("images_per_s") else ""
     eta = f" · {_left(p['eta_s'])}" if r["status"] == "running" and p.get("eta_s") else ""
-    return (f"{e(r['status'])}<div class='bar'><i style='width:{pct:.0f}%'></i></div><div class='muted'>"
+    return (f"{e(r['stage'])}<div class='bar'><i style='width:{pct:.0f}%'></i></div><div class='muted'>"
             f"shards {p['shards_done']}/{p['shards_total']} · images {p['images_done']}/{p['images_total']}"
             f"{rate}{eta}</div>")
 
@@ -139,8 +150,8 @@ _POLL = """<script>
   function left(s){return s<1?'under 1 s left':s<120?s.toFixed(0)+' s left':(s/60).toFixed(0)+' min left'}
   function cell(r){
     const p=r.progress, d=document.createElement('td'); d.className='progress';
-    if(!p){d.textContent=r.status;return d}
-    d.append(r.status);
+    if(!p){d.textContent=r.stage;return d}
+    d.append(r.stage);
     const bar=document.createElement('div'); bar.className='bar'; const i=document.createElement('i');
     i.style.width=(100*p.images_done/Math.max(p.images_total,1)).toFixed(0)+'%'; bar.append(i); d.append(bar);
     const m=document.createElement('div'); m.className='muted';
@@ -197,7 +208,7 @@ def _model_cell(r: dict[str, Any]) -> str:
 async def index(status: str = "", campaign: str = "") -> str:
     status = status if status in STATUSES else ""
     runs = await asyncio.to_thread(_runs, status, campaign, 6)
-    options = "".join(f"<option value='{v}'{' selected' if v == status else ''}>{v or 'any status'}</option>"
+    options = "".join(f"<option value='{v}'{' selected' if v == status else ''}>{STATUS_LABELS[v]}</option>"
                       for v in ("", *STATUSES))
     rows = "".join(
         f"<tr data-run='{e(r['run_id'])}' data-status='{e(r['status'])}'><td>{e(r['campaign'])}</td>"

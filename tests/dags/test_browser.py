@@ -265,6 +265,7 @@ def test_progress_moves_while_a_campaign_renders(watched: Watched, site: Site) -
     page.evaluate("window.__same_page = true")
     row = f"tr[data-run='{plan['run_id']}']"
     assert page.get_attribute(row, "data-status") == "running"
+    assert page.inner_text(f"{row} td.progress").startswith("planned")
     assert "shards 0/3 · images 0/24" in page.inner_text(f"{row} td.progress")
     assert "6 read" in page.inner_text(row)  # the plan's counts, before any image
     results = []
@@ -275,12 +276,14 @@ def test_progress_moves_while_a_campaign_renders(watched: Watched, site: Site) -
                                timeout=15_000)
         assert page.evaluate("window.__same_page") is True  # moved in place, not by a reload
         if i == 0:
-            assert "img/s" in page.inner_text(f"{row} td.progress")
+            cell = page.inner_text(f"{row} td.progress")
+            assert cell.startswith("rendering") and "img/s" in cell and "left" in cell
             page.screenshot(path=site.shots / "campaigns-running.png", full_page=True)
     results.append(render_planned_shard(res, plan["plan_key"], plan["shards"][2]["index"]))
     finalize_campaign(res, plan["plan_key"], results)
     page.wait_for_function("sel => document.querySelector(sel)?.dataset.status === 'success'", arg=row,
                            timeout=15_000)
+    assert page.inner_text(f"{row} td.progress").startswith("done")
     assert "shards 3/3 · images 24/24" in page.inner_text(f"{row} td.progress")
     assert all_images_decoded(page) == []
     assert watched.errors == []

@@ -129,7 +129,7 @@ def test_a_rendering_run_shows_live_progress_and_a_failed_one_its_reason(client,
         assert (p["shards_done"], p["images_done"]) == (1, 140) and p["images_per_s"] > 0 and p["eta_s"] > 0
         page = c.get("/").text
         assert "data-status='running'" in page and "api/runs" in page  # the page polls while runs render
-        assert "shards 1/3 · images 140/250" in page
+        assert "shards 1/3 · images 140/250" in page and "<td class='progress'>rendering<div" in page
         assert "S3 fell over &lt;b&gt;badly&lt;/b&gt;" in page and "<b>badly" not in page
     finally:
         app.dependency_overrides.clear()
