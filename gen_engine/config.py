@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     render_batch_size: int = Field(32, ge=1, description="Images per inference batch (32: the CPU's sweet spot "
                                                          "at 64 px; larger batches only add peak memory).")
     render_io_threads: int = Field(8, ge=1, description="Threads that encode and upload rendered images.")
+    render_png_level: int = Field(2, ge=0, le=9, description="zlib level of the PNGs (lossless at every level). "
+                                  "2: encodes a 256 px image about twice as fast as Pillow's 6, for about 17% "
+                                  "more bytes (measured on starter images); 9: smallest files, 10x slower.")
     render_allowed_sizes: tuple[str, ...] = Field(
         ("64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024"),
         description="Sizes a CSV row may ask for (`size` column).")

@@ -57,8 +57,9 @@ def xmp_packet(prompt: str, parameters: str, lineage: dict[str, Any], aigc: str 
 
 
 def encode(img: Image.Image, fmt: str, prompt: str, params: dict[str, Any], lineage: dict[str, Any],
-           aigc: str | None = None) -> bytes:
-    """The encoded file bytes with all provenance embedded (but the C2PA manifest)."""
+           aigc: str | None = None, png_level: int = 2) -> bytes:
+    """The encoded file bytes with all provenance embedded (but the C2PA manifest); ``png_level``: zlib
+    level of a PNG (Settings.render_png_level)."""
     text = parameters_text(prompt, params)
     xmp = xmp_packet(prompt, text, lineage, aigc)
     buf = io.BytesIO()
@@ -67,7 +68,7 @@ def encode(img: Image.Image, fmt: str, prompt: str, params: dict[str, Any], line
         info.add_text("parameters", text)
         info.add_itxt(XMP_KEY, xmp.decode("utf-8"))
         info.add_itxt("gen_lineage", json.dumps(lineage, sort_keys=True))
-        img.save(buf, "PNG", pnginfo=info, compress_level=6)
+        img.save(buf, "PNG", pnginfo=info, compress_level=png_level)
     elif fmt == "webp":
         img.save(buf, "WEBP", quality=92, method=4, xmp=xmp)
     elif fmt == "jpeg":

@@ -47,6 +47,7 @@ class RenderEnv:
     label_text: str = ""  # Settings.render_label_text ("": by the prompt's script)
     embed_source_keys: bool = True  # Settings.render_embed_source_keys
     upscaler: Any = None  # runtime.upscale.Upscaler of the model, None: sizes above native by Lanczos
+    png_level: int = 2  # Settings.render_png_level
 
     @classmethod
     def from_settings(cls, backend: Any, model: dict[str, Any], encoder: Any, settings: Settings,
@@ -54,7 +55,7 @@ class RenderEnv:
         signer = provenance.load_signer(settings) if settings.render_c2pa else None
         return cls(backend, model, encoder, settings.render_batch_size, settings.render_io_threads, signer,
                    settings.provenance_producer, settings.render_label_text, settings.render_embed_source_keys,
-                   upscaler)
+                   upscaler, settings.render_png_level)
 
 
 def upscale_path(spec: RowSpec, env: RenderEnv) -> tuple[int, str]:
@@ -122,7 +123,7 @@ def encode_image(img: np.ndarray, plan: Plan, spec: RowSpec, k: int, params: dic
     if not env.embed_source_keys:  # ids only: the lineage store keeps the keys
         del lineage["csv_key"], lineage["object_key"]
     aigc = labels.aigc_json(labels.aigc_label(env.producer, iid))
-    data = imagemeta.encode(out, spec.format, spec.prompt, params, lineage, aigc)
+    data = imagemeta.encode(out, spec.format, spec.prompt, params, lineage, aigc, png_level=env.png_level)
     if env.signer is not None:
         manifest = provenance.manifest_definition(
             f"{spec.asset}_{k}.{imagemeta.extension(spec.format)}", producer=env.producer,
