@@ -40,7 +40,8 @@ MODEL_FILES = ("generator.safetensors", "model.json")
 OPTIONAL_FILES = ("discriminator.safetensors", "upsampler.safetensors", "upsampler.json")
 # Published for people (the models page shows it), never downloaded to render.
 SHOWN_FILES = (SAMPLES,)
-COMPILED_FILES = ("generator.onnx", "compile_report.json", "generator.plan", "generator.plan.json", "upsampler.onnx")
+COMPILED_FILES = ("generator.onnx", "compile_report.json", "generator.plan", "generator.plan.json", "upsampler.onnx",
+                  "upsampler.plan", "upsampler.plan.json")
 
 
 class ArtifactMismatch(UserError):

@@ -119,8 +119,10 @@ def compile_upsampler(model_dir: Path, inputs: tuple[np.ndarray, np.ndarray]) ->
         out.unlink()
         log.warning("upsampler.onnx parity failed (%.2e > %.0e): the upsampler runs with torch", err, PARITY_TOL)
         return {"file": None, "parity": parity}
+    from gen_engine.compile import tensorrt_build
+
     return {"file": out.name, "bytes": out.stat().st_size, "sha256": sha256_file(out), "opset": OPSET,
-            "parity": parity}
+            "parity": parity, "tensorrt": tensorrt_build.build_if_available(model_dir, out, "upsampler")}
 
 
 def compile_model(model_dir: Path, text_cache: Path | None = None) -> dict[str, Any]:

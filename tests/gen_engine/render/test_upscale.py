@@ -57,6 +57,28 @@ def test_the_compiled_upsampler_matches_torch_and_both_backends_round_alike(mode
     assert load_upscaler("onnxruntime", broken).name == "torch"
 
 
+def test_a_tensorrt_upsampler_engine_is_used_only_where_it_matches(model_dir: Path, tmp_path: Path) -> None:
+    """The compile report says why no upsampler.plan was built here; a plan from another host (or a lost
+    key file) is refused with the reason and ONNX Runtime serves the upsampler, as for the generator."""
+    import json
+
+    from gen_engine.runtime.base import BackendUnavailable
+    from gen_engine.runtime.upscale import TensorRTUpscaler
+
+    report = json.loads((model_dir / "compile_report.json").read_text())
+    assert report["upsampler"]["tensorrt"] == {"built": False,
+                                               "reason": "TensorRT or a CUDA GPU is not available on this host"}
+    foreign = tmp_path / "foreign"
+    shutil.copytree(model_dir, foreign)
+    (foreign / "upsampler.plan").write_bytes(b"an engine from elsewhere")
+    with pytest.raises(BackendUnavailable, match="no TensorRT upsampler engine"):
+        TensorRTUpscaler(foreign)  # no key file
+    (foreign / "upsampler.plan.json").write_text(json.dumps({"gpu": "another GPU"}))
+    with pytest.raises(BackendUnavailable):
+        TensorRTUpscaler(foreign)
+    assert load_upscaler("tensorrt", foreign).name == "onnxruntime"
+
+
 def test_passes_per_size() -> None:
     assert passes_for(64, None) == 0 and passes_for(64, (64, 64)) == 0 and passes_for(64, (32, 32)) == 0
     assert passes_for(64, (128, 128)) == 1 and passes_for(64, (256, 256)) == 1
@@ -101,3 +123,18 @@ def test_each_size_takes_its_path_and_says_so(storage: Storage, s3_settings: Set
     assert other["run_id"] != summary["run_id"]
     params = read_provenance(storage.get_bytes("renders", f"{other['prefix']}images/x4_0.png"))["parameters"]
     assert "Upscale: lanczos" in params
+
+
+def _has_tensorrt() -> bool:
+    from gen_engine.compile.tensorrt_build import engine_key
+
+    return engine_key("0" * 64) is not None
+
+
+@pytest.mark.skipif(not _has_tensorrt(), reason="needs TensorRT and a CUDA GPU (the gpu extra on a GPU host)")
+def test_tensorrt_upsampler_parity(model_dir: Path) -> None:  # pragma: no cover (GPU hosts only)
+    from gen_engine.runtime.upscale import TensorRTUpscaler
+
+    lr = np.random.default_rng(1).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    got = TensorRTUpscaler(model_dir).upsample(lr).astype(int)  # fp16 engine: within a few 8-bit levels
+    assert np.abs(got - TorchUpscaler(model_dir).upsample(lr).astype(int)).max() <= 4
