@@ -7,6 +7,7 @@ Every metric that compares images to captions or to each other does it in this e
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import torch
 from gen_engine.config import Settings
 from gen_engine.models.encoder import ImageEncoder, load_encoder, save_encoder
 from gen_engine.training.encoder import train_encoder
+
+log = logging.getLogger(__name__)
 
 # Training steps of an evaluation encoder: the settings' default (Settings.eval_encoder_steps).
 ENCODER_STEPS: int = Settings.model_fields["eval_encoder_steps"].default
@@ -36,6 +39,7 @@ def cached_encoder(data: Any, cache_dir: Path, steps: int = ENCODER_STEPS) -> tu
         vocab = json.loads(meta.read_text())["vocab"]
         enc = load_encoder(w, heads={k: len(v) for k, v in vocab.items()})
         return enc, vocab
+    log.info("training the evaluation encoder of %s (%d steps, once: cached in %s)", key, steps, cache_dir)
     enc = train_encoder(data.images, data.text, labels, steps=steps)
     cache_dir.mkdir(parents=True, exist_ok=True)
     save_encoder(enc, w)
