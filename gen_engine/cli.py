@@ -375,17 +375,20 @@ def evaluate(
 @friendly
 def sample(
     model: str = typer.Option("production", help="Alias, model id, or a local model folder."),
-    prompt: str = typer.Option(..., help="What to draw."),
+    prompt: str = typer.Option("", help="What to draw; empty: the model's own sample grid (its sample prompts, "
+                               "seeds 0-5, as the models page shows it)."),
     seed: int = typer.Option(0, help="First seed; image i uses seed + i."),
     n: int = typer.Option(8, "-n", min=1, max=64, help="Number of images."),
     out: Path = typer.Option(Path("grid.png"), help="PNG grid to write."),
 ) -> None:
-    """Render one prompt with n seeds into a PNG grid.
+    """Render one prompt with n seeds into a PNG grid, or the model's sample grid.
 
     Example: genengine sample --model production --prompt "a red heart sticker" --seed 0 -n 8 --out grid.png
+    Example: genengine sample --model starter/model --out starter/model/samples.png
     """
     import numpy as np
 
+    from gen_engine.models.artifact import sample_grid
     from gen_engine.models.noise import seed_noise
     from gen_engine.runtime import load_backend
     from gen_engine.sheets import image_grid
@@ -393,9 +396,15 @@ def sample(
 
     model_dir, _ = resources().registry.resolve(model)
     backend = load_backend("auto", model_dir)
-    z = np.stack([seed_noise(seed + i, backend.z_dim) for i in range(n)])
-    imgs = backend.render(z, np.repeat(shared_encoder().encode([prompt]), n, axis=0))
-    image_grid(imgs, cols=min(n, 8), labels=[prompt]).save(out)
+    if not prompt:
+        prompts = json.loads((model_dir / "model.json").read_text()).get("sample_prompts") or []
+        if not prompts:
+            raise UserError(f"{model} records no sample prompts: give --prompt")
+        sample_grid(backend.render, backend.z_dim, prompts).save(out, optimize=True)
+    else:
+        z = np.stack([seed_noise(seed + i, backend.z_dim) for i in range(n)])
+        imgs = backend.render(z, np.repeat(shared_encoder().encode([prompt]), n, axis=0))
+        image_grid(imgs, cols=min(n, 8), labels=[prompt]).save(out)
     console.print(f"wrote {out}")
 
 

@@ -94,6 +94,15 @@ def test_sample_writes_a_grid_of_n_seeds(monkeypatch: pytest.MonkeyPatch, tmp_pa
         assert res.exit_code == 0, res.output
         grids.append(Image.open(tmp_path / name).convert("RGB"))
     assert grids[0].width >= 4 * 16 and grids[0].tobytes() == grids[1].tobytes()
+    # Without --prompt: the model's own sample grid (one row per sample prompt, seeds 0-5), which is how
+    # the shipped starter model's samples.png is made; a model with no sample prompts says so.
+    res = CliRunner().invoke(app, ["sample", "--model", str(model), "--out", str(tmp_path / "none.png")])
+    assert res.exit_code != 0 and "records no sample prompts" in res.output
+    meta = json.loads((model / "model.json").read_text())
+    (model / "model.json").write_text(json.dumps({**meta, "sample_prompts": ["a red circle", "红色的心"]}))
+    res = CliRunner().invoke(app, ["sample", "--model", str(model), "--out", str(tmp_path / "grid.png")])
+    assert res.exit_code == 0, res.output
+    assert Image.open(tmp_path / "grid.png").size == (6 * 96, 2 * (96 + 14))
 
 
 def test_services_status_says_what_runs_without_needing_s3_credentials(tmp_path) -> None:
