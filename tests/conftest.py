@@ -10,6 +10,7 @@ import glob
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -77,17 +78,56 @@ def at_once():
     return run_at_once
 
 
+# --- Debian packages and ports ------------------------------------------------------------------------
+def apt_install(package: str) -> None:
+    """Debian's ``package``, installed with apt where this is root (elsewhere nothing happens: the caller
+    checks what it needs and skips or fails saying why)."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return
+    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=False)
+    subprocess.run(["apt-get", "install", "-y", "-q", package], env=env, capture_output=True, check=False)
+
+
+def debian_tool(binary: str, package: str, who: str) -> str:
+    """``binary`` from PATH, installing Debian's ``package`` first where it is missing; ``who`` (the tests
+    that need it) skip, saying so, where it cannot be installed."""
+    if shutil.which(binary) is None:
+        apt_install(package)
+    if found := shutil.which(binary):
+        return found
+    pytest.skip(f"{who} need {binary} (Debian's {package}), which is not installed and cannot be installed here "
+                f"(not root, or no apt-get): `apt-get install {package}`")
+
+
+@pytest.fixture(scope="session")
+def debian():
+    """`debian_tool`: a system program the tests need (chromium, redis-server, exiftool)."""
+    return debian_tool
+
+
+@pytest.fixture(scope="session")
+def apt():
+    """`apt_install`: a Debian package with no program to look for (fonts)."""
+    return apt_install
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """A function returning a free loopback port, for the servers a test starts."""
+    return _free_port
+
+
 # --- PostgreSQL ---------------------------------------------------------------------------------------
 def _pg_bin() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     return Path(found[-1]).parent if found else None
-
-
-def _install_postgres() -> None:
-    """Debian's postgresql package, installed on demand (CI sets GEN_TEST_POSTGRES=1)."""
-    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, capture_output=True)
-    subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], check=True, env=env, capture_output=True)
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +136,7 @@ def postgres_url() -> Iterator[str]:
     if os.environ.get("GEN_TEST_POSTGRES") != "1":
         pytest.skip("PostgreSQL lineage tests run when GEN_TEST_POSTGRES=1 (set by .ci/run)")
     if _pg_bin() is None:
-        _install_postgres()
+        apt_install("postgresql")  # CI sets GEN_TEST_POSTGRES=1
     bindir = _pg_bin()
     assert bindir is not None, "postgresql installed but initdb not found"
     # Not under pytest's tmp folder: that is private to root, and the server runs as `postgres`.

@@ -79,7 +79,7 @@ def _runs(status: str = "", campaign: str = "", thumbs: int = 0) -> list[dict[st
         if status and r["status"] != status:
             continue
         summary = json.loads(r.pop("summary_json") or "{}")
-        prefix = summary.get("prefix") or f"{r['campaign']}/{r['run_id']}/"
+        prefix = _prefix(r, summary)
         model = lineage.model(r["model_id"]) if r.get("model_id") else None
         progress = lineage.progress(r["run_id"])
         out.append({**r, "throughput_images_per_s": summary.get("throughput_images_per_s"), "prefix": prefix,
@@ -90,6 +90,14 @@ def _runs(status: str = "", campaign: str = "", thumbs: int = 0) -> list[dict[st
                     "thumbnails": [_presigned(o["object_key"]) for o in lineage.run_outputs(r["run_id"], thumbs)]
                     if thumbs else []})
     return out
+
+
+def _prefix(run: dict[str, Any], summary: dict[str, Any]) -> str:
+    """A run's folder in the renders bucket: its summary's, or (before it has one) the one the plan gives every
+    run: the campaign's slug, then the run id."""
+    from gen_engine.naming import slugify
+
+    return summary.get("prefix") or f"{slugify(run['campaign'])}/{run['run_id']}/"
 
 
 def _presigned(key: str, bucket: str = "") -> str:
@@ -242,7 +250,7 @@ def _gallery(run_id: str, limit: int) -> str:
     labelled = summary.get("labels") or {}
     labels = (f" · {labelled.get('visible_label', 0)} with a visible AI label, {labelled.get('c2pa_signed', 0)} "
               "C2PA-signed" if labelled else "")
-    links = _links(_run_links(run, summary.get("prefix") or f"{run['campaign']}/{run_id}/", summary), root="../")
+    links = _links(_run_links(run, _prefix(run, summary), summary), root="../")
     download = (f" · <a href='{e(run_id)}/download.zip'>download the whole run (zip)</a>"
                 if run["status"] == "success" else "")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(run['campaign'])}</title><style>{_CSS}</style>"
@@ -297,7 +305,7 @@ def _run_prefix(run_id: str) -> tuple[str, str] | None:
     if run is None:
         return None
     summary = json.loads(run.get("summary_json") or "{}")
-    return s.bucket_renders, summary.get("prefix") or f"{run['campaign']}/{run_id}/"
+    return s.bucket_renders, _prefix(run, summary)
 
 
 def _dataset_prefix(version_id: str) -> tuple[str, str] | None:
@@ -430,7 +438,7 @@ def _zip_run(run_id: str) -> Iterator[bytes]:
     s, store, lineage = _stores()
     run = lineage.run(run_id)
     assert run is not None  # checked by the route (`_check_finished`) before the response starts
-    prefix = f"{run['campaign']}/{run_id}/"
+    prefix = _prefix(run, json.loads(run.get("summary_json") or "{}"))
     sink = _Chunks()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as z:
         for o in store.list(s.bucket_renders, prefix):

@@ -9,7 +9,7 @@ render code reporting, the page polling, no reload) and the page turns to the fi
 
 The same code writes the screenshots in docs/screenshots/ (``make screenshots``; other runs write them
 under pytest's temporary folder). Chromium is installed with apt where it is missing and this is root;
-elsewhere the tests skip, saying so.
+elsewhere the tests skip, saying so (``GEN_TEST_CHROMIUM`` names another Chromium).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -50,38 +49,11 @@ FINISHED_CSV = (
 )
 
 
-def _chromium() -> str:
-    """Debian's chromium: on PATH, or installed now when this is root with apt; else skip, saying why."""
-    for name in (os.environ.get("GEN_TEST_CHROMIUM", ""), "chromium", "chromium-browser"):
-        if name and (found := shutil.which(name)):
-            return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        _apt_install("chromium")
-        if found := shutil.which("chromium"):
-            return found
-    pytest.skip("the browser tests need Debian's chromium, which is not installed and cannot be installed here "
-                "(not root, or no apt-get): `apt-get install chromium`, or set GEN_TEST_CHROMIUM to a Chromium")
-
-
-def _apt_install(package: str) -> None:
-    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=False)
-    subprocess.run(["apt-get", "install", "-y", "-q", package], env=env, capture_output=True, check=False)
-
-
-def _cjk_fonts_for_screenshots() -> None:
+def _cjk_fonts_for_screenshots(apt) -> None:
     """Screenshots for docs/ show the Chinese prompts in a CJK font (Debian's chromium brings none)."""
     has = subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True, check=False).stdout.strip()
-    if not has and os.geteuid() == 0 and shutil.which("apt-get"):
-        _apt_install("fonts-noto-cjk")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    if not has:
+        apt("fonts-noto-cjk")
 
 
 @dataclass
@@ -95,7 +67,8 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(s3_settings: Settings, airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def site(s3_settings: Settings, airflow_db: Path, tmp_path_factory: pytest.TempPathFactory,
+         free_port) -> Iterator[Site]:
     """An `airflow api-server` on a free loopback port with the plugin, one admin user, the starter model
     published (and compiled) as production, and one finished campaign with hostile prompts."""
     tmp = tmp_path_factory.mktemp("browser")
@@ -104,7 +77,7 @@ def site(s3_settings: Settings, airflow_db: Path, tmp_path_factory: pytest.TempP
     password = secrets.token_urlsafe(12)
     pw_file = tmp / "passwords.json"
     pw_file.write_text(json.dumps({"admin": password}))
-    port = _free_port()
+    port = free_port()
     env = os.environ | {
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(pw_file),
@@ -147,12 +120,12 @@ def site(s3_settings: Settings, airflow_db: Path, tmp_path_factory: pytest.TempP
 
 
 @pytest.fixture(scope="module")
-def browser(site: Site) -> Iterator[Any]:
+def browser(site: Site, debian, apt) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
-    exe = _chromium()
+    exe = os.environ.get("GEN_TEST_CHROMIUM") or debian("chromium", "chromium", "the browser tests")
     if os.environ.get("GEN_SCREENSHOTS"):
-        _cjk_fonts_for_screenshots()
+        _cjk_fonts_for_screenshots(apt)
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=exe, args=["--no-sandbox"] if os.geteuid() == 0 else [])
         yield b

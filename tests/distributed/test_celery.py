@@ -21,7 +21,6 @@ import io
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -51,27 +50,6 @@ CSV = "prompt,seed,count,asset_name\n" + "".join(
     for j, thing in enumerate(("heart sticker", "circle", "star", "smiling face", "birthday cake") * 4))
 
 
-def _redis_server() -> str:
-    if found := shutil.which("redis-server"):
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=False)
-        subprocess.run(["apt-get", "install", "-y", "-q", "redis-server"], env=env, capture_output=True, check=False)
-        if found := shutil.which("redis-server"):
-            return found
-    pytest.skip("the distributed test needs Debian's redis-server, which is not installed and cannot be installed "
-                "here (not root, or no apt-get): `apt-get install redis-server`")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait(what: str, ok: Any, timeout_s: float, logs: Path | None = None, every: float = 0.5) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -91,6 +69,7 @@ class Cluster:
     root: Path
     airflow_db: str
     settings: Settings
+    free_port: Any
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def cli(self, *args: str, timeout_s: float = 180) -> str:
@@ -120,7 +99,7 @@ class Cluster:
                    "--celery-hostname", f"{name}@%h", env={
                        "GEN_LOCAL_DIR": str(own / "local"), "HOME": str(own / "home"), "TMPDIR": str(own / "tmp"),
                        "AIRFLOW_HOME": str(own / "airflow"), "GEN_TEST_WORKER": name,
-                       "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port())})
+                       "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.free_port())})
 
     def task_instances(self, run_id: str) -> list[dict[str, Any]]:
         with sa.create_engine(self.airflow_db).connect() as c:
@@ -148,9 +127,11 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(postgres_url: str, s3_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(postgres_url: str, s3_settings: Settings, tmp_path_factory: pytest.TempPathFactory, debian,
+            free_port) -> Iterator[Cluster]:
     from cryptography.fernet import Fernet
 
+    redis_server = debian("redis-server", "redis-server", "the distributed tests")  # skips before anything starts
     root = tmp_path_factory.mktemp("celery")
     (root / "logs").mkdir()
     tag = secrets.token_hex(4)
@@ -160,8 +141,8 @@ def cluster(postgres_url: str, s3_settings: Settings, tmp_path_factory: pytest.T
             c.execute(sa.text(f"CREATE DATABASE {db}"))
     base = postgres_url.rsplit("/", 1)[0]
     airflow_db, lineage_db = f"{base}/airflow_{tag}", f"{base}/lineage_{tag}"
-    redis_port, api_port = _free_port(), _free_port()
-    redis = subprocess.Popen([_redis_server(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+    redis_port, api_port = free_port(), free_port()
+    redis = subprocess.Popen([redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                               "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     # Everything from the environment, nothing from any airflow.cfg: each component has a home of its own.
@@ -197,7 +178,7 @@ def cluster(postgres_url: str, s3_settings: Settings, tmp_path_factory: pytest.T
 
     settings = s3_settings.model_copy(update={"lineage_db_url": SecretStr(lineage_db),
                                               "local_dir": root / "test-local"})
-    cl = Cluster(env, root, airflow_db, settings)
+    cl = Cluster(env, root, airflow_db, settings, free_port)
     try:
         cl.cli("db", "migrate", timeout_s=300)
         cl.cli("pools", "set", "render", "2", "campaign render shards")

@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import shutil
 import struct
 import subprocess
 import zlib
@@ -236,20 +234,9 @@ def test_verify_command_exit_status(storage: Storage, s3_settings: Settings, mod
     assert report["ok"] and report["lineage"]["image_id"] == f"{summary['run_id']}/heart_0"
 
 
-def exiftool() -> str:
-    if shutil.which("exiftool") is None and os.geteuid() == 0:
-        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", "libimage-exiftool-perl"], env=env, capture_output=True)
-    path = shutil.which("exiftool")
-    if path is None:
-        pytest.skip("ExifTool is not installed and cannot be (needs root and Debian's libimage-exiftool-perl)")
-    return path
-
-
 def test_a_third_party_reader_finds_the_iptc_and_aigc_labels(storage: Storage, s3_settings: Settings,
-                                                             model_id: str, tmp_path: Path) -> None:
-    tool = exiftool()
+                                                             model_id: str, tmp_path: Path, debian) -> None:
+    tool = debian("exiftool", "libimage-exiftool-perl", "the third-party reader test")
     summary = render(storage, s3_settings, model_id, "exif")
     files = []
     for name in ("heart_0.png", "xin_0.jpg", "star_0.webp"):
