@@ -4,8 +4,9 @@ Every 10 minutes (`GEN_INGEST_SCHEDULE` to change): find new drops in `s3://data
 ingest each one (mapped): records are checked, bad ones quarantined with their reason and bytes, the
 Great Expectations suites run, and a versioned curated dataset is published to
 `s3://datasets/curated/<dataset>/<version id>/` (re-ingesting identical content is a no-op). The drop then moves
-to `done/` (or `failed/` with its report), and the curated dataset's Asset is updated, which wakes
-**generator_retrain**.
+to `done/` (or `failed/` with its report). For the retrain's dataset (`GEN_RETRAIN_DATASET`), the new version's
+evaluation encoder is trained here, once, and kept in S3 beside it (`evaluation/`), so the retrain's
+`evaluate` only loads it. The curated dataset's Asset is then updated, which wakes **generator_retrain**.
 """
 
 from __future__ import annotations

@@ -347,6 +347,7 @@ def evaluate(
     """
     from gen_engine.datasets.curated import TrainData
     from gen_engine.evaluation import append_metrics, evaluate_model
+    from gen_engine.orchestration import eval_cache
 
     res = resources()
     s = res.settings
@@ -360,8 +361,9 @@ def evaluate(
 
     train_data = load(data)
     held = load(heldout) if heldout else load(data, split="val")
-    metrics = evaluate_model(model_dir, train_data, held, s.local_dir / "cache" / "eval", n=s.eval_images,
-                             encoder_steps=s.eval_encoder_steps)
+    metrics = evaluate_model(model_dir, train_data, held, eval_cache(s), n=s.eval_images,
+                             encoder_steps=s.eval_encoder_steps,
+                             store=res.storage if train_data.curated_uri else None)
     if out is None:  # a trainer's export is <run>/model; the run folder holds config.json and the grids
         run_dir = model_dir.parent if (model_dir.parent / "config.json").exists() else None
         out = (run_dir or Path.cwd()) / "metrics.jsonl"

@@ -212,12 +212,52 @@ def evaluate_candidates(res: Resources, challenger_id: str, decision: dict[str, 
         train, held = (TrainData.from_curated(ref, res, resolution, split=s) for s in ("train", "val"))
         if len(held) < 8:
             held = train  # tiny datasets: no usable val split
-        out[role] = {"model_id": model_id, **evaluate_model(model_dir, train, held,
-                                                            settings.local_dir / "cache" / "eval",
+        out[role] = {"model_id": model_id, **evaluate_model(model_dir, train, held, eval_cache(settings),
                                                             n=settings.eval_images,
-                                                            encoder_steps=settings.eval_encoder_steps)}
+                                                            encoder_steps=settings.eval_encoder_steps,
+                                                            store=res.storage)}
     lineage.update_model_metrics(challenger_id, out["challenger"])
     return out
+
+
+def eval_cache(settings: Settings) -> Path:
+    """This worker's local copy of the evaluation encoders (S3 holds them beside each version)."""
+    return settings.local_dir / "cache" / "eval"
+
+
+def prepare_evaluation(res: Resources, dataset: str, version: int) -> list[str]:
+    """Train the evaluation encoder(s) of a new curated version of the retrain's dataset at ingest and
+    keep them in S3 beside it, so the retrain's `evaluate` only loads them: one at the retrain config's
+    resolution and one at the production model's, where that differs. Other datasets get theirs at first
+    need (`cached_encoder`). Returns what was done, for the log; never fails the ingest: an encoder that
+    cannot be trained now is trained by the first evaluation that needs it."""
+    from gen_engine.datasets.curated import TrainData
+    from gen_engine.evaluation.encoder import cached_encoder
+    from gen_engine.training.config import TrainConfig
+
+    settings = res.settings
+    if dataset != settings.retrain_dataset:
+        return [f"{dataset} is not the retrain's dataset ({settings.retrain_dataset}): its evaluation encoder "
+                "is trained at first need"]
+    done = []
+    try:
+        sides = {TrainConfig.from_yaml(Path(settings.retrain_config)).resolution}
+        prod = res.lineage.resolve_alias("generator", "production")
+        if prod is not None:
+            sides.add(json.loads(prod["config_json"]).get("architecture", {}).get("resolution") or min(sides))
+        for side in sorted(sides):
+            t0 = time.monotonic()
+            cached_encoder(TrainData.from_curated(f"{dataset}@v{version}", res, side), eval_cache(settings),
+                           settings.eval_encoder_steps, res.storage)
+            done.append(f"evaluation encoder of {dataset}@v{version} at {side} px ready in "
+                        f"{time.monotonic() - t0:.1f}s")
+    except Exception as e:  # noqa: BLE001 (the version is published and its drop filed: evaluation trains it)
+        log.warning("evaluation encoder of %s@v%d not prepared (%s: %s); the first evaluation trains it",
+                    dataset, version, type(e).__name__, e)
+        done.append(f"not prepared: {type(e).__name__}: {e}")
+    for line in done:
+        log.info(line)
+    return done
 
 
 def gate_and_record(res: Resources, metrics: dict[str, Any]) -> tuple[bool, str]:
@@ -492,4 +532,5 @@ def ingest_and_file(res: Resources, drop: dict[str, str]) -> dict[str, Any]:
                         "to raw/.") from e
     result = asdict(r)
     finish_drop(res, drop["key"], True, result)
-    return {**result, "asset_uri": f"s3://{bucket}/curated/{r.dataset}"}
+    evaluation = prepare_evaluation(res, r.dataset, r.version)
+    return {**result, "evaluation": evaluation, "asset_uri": f"s3://{bucket}/curated/{r.dataset}"}

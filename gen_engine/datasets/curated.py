@@ -40,6 +40,7 @@ class TrainData:
         self.meta: dict[str, list[str]] = {}  # per-row descriptive columns (language, category, source set, ...)
         self.heldout_captions: list[str] = []  # the dataset's held-out captions: sample grids and parity prompts
         self.content_hashes: list[str] = []  # per row, for a curated version: which images it holds
+        self.curated_uri: str | None = None  # a curated version's s3:// folder (its evaluation encoder lives there)
 
     def labels(self, vocab: dict[str, list[str]] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
         """Attribute columns as class indices (vocabulary sorted, or the one given)."""
@@ -110,6 +111,7 @@ class TrainData:
         data = cls(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), text, df["caption"].to_list(),
                    row["version_id"], dataset_version_id=row["version_id"])
         data.content_hashes = df["content_hash"].to_list()
+        data.curated_uri = row["uri"]
         extras = [json.loads(e or "{}") for e in df["extra"].to_list()]
         data.meta = {k: [str(e.get(k, "")) for e in extras] for k in META_COLUMNS if extras and k in extras[0]}
         if split == "train":

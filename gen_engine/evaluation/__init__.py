@@ -3,8 +3,8 @@
     genengine evaluate --model RUN_OR_VERSION --data DATASET --out run/metrics.jsonl
 
 Per dataset version, a small image encoder is trained against the frozen MiniLM caption embeddings
-(contrastive, the DAMSM recipe) and cached. On held-out captions the generator renders one image
-each (seed = index), and we report:
+(contrastive, the DAMSM recipe), once: at ingest, kept in S3 beside the version (`encoder`). On
+held-out captions the generator renders one image each (seed = index), and we report:
 - ``fd``: Frechet distance between real and generated images in that encoder's feature space;
 - ``r_precision``: how often the true caption ranks first among 100 (itself + 99 others);
 - ``cosine``: mean image-text cosine of generated images and their captions;
@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ from gen_engine.evaluation.registry import DEFAULT, METRICS, EvalContext
 from gen_engine.evaluation.rprecision import r_precision, r_precision_subset
 from gen_engine.models.encoder import ImageEncoder
 from gen_engine.models.noise import seed_noise
+
+if TYPE_CHECKING:
+    from gen_engine.infra.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +91,13 @@ def append_metrics(path: Path, step: int, metrics: dict[str, Any]) -> None:
 
 
 def evaluate_model(model_dir: Path, train: Any, heldout: Any, cache_dir: Path, n: int = 1000,
-                   encoder_steps: int = ENCODER_STEPS) -> dict[str, Any]:
-    """Metrics of a model folder on held-out data, with the dataset's cached evaluation encoder."""
+                   encoder_steps: int = ENCODER_STEPS, store: Storage | None = None) -> dict[str, Any]:
+    """Metrics of a model folder on held-out data, with the dataset's cached evaluation encoder (local
+    ``cache_dir``, then S3 beside a curated version with ``store``; see `cached_encoder`)."""
     from gen_engine.runtime import TorchBackend
 
     t0 = time.monotonic()
-    enc, vocab = cached_encoder(train, cache_dir, encoder_steps)
+    enc, vocab = cached_encoder(train, cache_dir, encoder_steps, store)
     t1 = time.monotonic()
     labels = heldout.labels(vocab)[0] if vocab and heldout.attributes else None
     out = evaluate(TorchBackend(model_dir, device="cpu").render, heldout, enc, labels, n=n)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,6 +19,9 @@ import torch
 from gen_engine.config import Settings
 from gen_engine.models.encoder import ImageEncoder, load_encoder, save_encoder
 from gen_engine.training.encoder import train_encoder
+
+if TYPE_CHECKING:
+    from gen_engine.infra.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +35,56 @@ def encode(enc: ImageEncoder, images: torch.Tensor, batch: int = 256) -> np.ndar
     return np.concatenate(chunks)
 
 
-def cached_encoder(data: Any, cache_dir: Path, steps: int = ENCODER_STEPS) -> tuple[ImageEncoder, dict[str, list[str]]]:
-    """The evaluation encoder of a dataset version (and step count): trained once, then loaded."""
-    key = f"{data.dataset_version_id or data.version.replace(':', '-')}-s{steps}"
+def cached_encoder(data: Any, cache_dir: Path, steps: int = ENCODER_STEPS, store: Storage | None = None,
+                   ) -> tuple[ImageEncoder, dict[str, list[str]]]:
+    """The evaluation encoder of a dataset version, at its images' resolution and step count: trained
+    once, then reused.
+
+    Looked up in the local ``cache_dir``, then (for a curated version, with ``store``) in S3 beside the
+    version (`s3_key`), where the ingest puts it (`orchestration.prepare_evaluation`), so a worker on
+    another disk never trains it again; trained only where neither has it, then saved to both."""
+    name = f"encoder-r{data.images.shape[-1]}-s{steps}"
+    key = f"{data.dataset_version_id or data.version.replace(':', '-')}-{name.removeprefix('encoder-')}"
     w, meta = cache_dir / f"{key}.safetensors", cache_dir / f"{key}.json"
-    labels, vocab = data.labels() if data.attributes else ({}, {})
+    remote = s3_key(data, name) if store is not None else None
+    if not (w.exists() and meta.exists()) and remote and store.exists(*remote["weights"]):
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(w, store.get_bytes(*remote["weights"]))
+        _atomic_write(meta, store.get_bytes(*remote["meta"]))
+        log.info("evaluation encoder of %s loaded from s3://%s/%s", key, *remote["weights"])
     if w.exists() and meta.exists():
         vocab = json.loads(meta.read_text())["vocab"]
-        enc = load_encoder(w, heads={k: len(v) for k, v in vocab.items()})
-        return enc, vocab
-    log.info("training the evaluation encoder of %s (%d steps, once: cached in %s)", key, steps, cache_dir)
+        return load_encoder(w, heads={k: len(v) for k, v in vocab.items()}), vocab
+    labels, vocab = data.labels() if data.attributes else ({}, {})
+    log.info("training the evaluation encoder of %s (%d steps, once: cached in %s%s)", key, steps, cache_dir,
+             f" and s3://{remote['weights'][0]}/{remote['weights'][1]}" if remote else "")
+    t0 = time.monotonic()
     enc = train_encoder(data.images, data.text, labels, steps=steps)
     cache_dir.mkdir(parents=True, exist_ok=True)
     save_encoder(enc, w)
-    meta.write_text(json.dumps({"vocab": vocab, "dataset": key}))
+    _atomic_write(meta, json.dumps({"vocab": vocab, "dataset": key, "steps": steps,
+                                    "resolution": data.images.shape[-1], "rows": len(data),
+                                    "train_seconds": round(time.monotonic() - t0, 2)}).encode())
+    if remote:
+        store.put_bytes(*remote["weights"], w.read_bytes())
+        store.put_bytes(*remote["meta"], meta.read_bytes(), content_type="application/json")
     return enc, vocab
+
+
+def s3_key(data: Any, name: str) -> dict[str, tuple[str, str]] | None:
+    """Where a curated version keeps its evaluation encoder ``name``: ``evaluation/<name>.safetensors``
+    (and ``.json``, its vocabulary and provenance) beside the version's parquet shards; None for data that
+    is not a curated version."""
+    uri = getattr(data, "curated_uri", None)
+    if not uri:
+        return None
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    base = f"{prefix.rstrip('/')}/evaluation/{name}"
+    return {"weights": (bucket, f"{base}.safetensors"), "meta": (bucket, f"{base}.json")}
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write beside, then rename: a worker killed mid-write leaves no half file that would load."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

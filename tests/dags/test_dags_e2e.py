@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -163,8 +164,19 @@ def test_dataset_drop_then_retrain_promotes_first_model_and_gates_a_worse_one(s3
     assert "neither a zip nor a tar" in json.loads(store.get_bytes("datasets", "failed/dagshapes/bad.zip.report.json"))[
         "error"]
 
+    # The ingest trained the version's evaluation encoder and keeps it in S3 beside the version; the
+    # retrain's evaluate only loads it, even on a worker whose local cache is empty.
+    version_uri = lineage.dataset_version("dagshapes")["uri"].removeprefix("s3://datasets/")
+    assert [o.key.rsplit("/", 1)[1] for o in store.list("datasets", f"{version_uri}evaluation/")] == [
+        "encoder-r16-s1500.json", "encoder-r16-s1500.safetensors"]
+    shutil.rmtree(s3_settings.local_dir / "cache" / "eval")
+    import gen_engine.evaluation.encoder as encoder_module
+
+    trained, real_train = [], encoder_module.train_encoder
+    monkeypatch.setattr(encoder_module, "train_encoder", lambda *a, **k: trained.append(1) or real_train(*a, **k))
     retrain = get_dag("generator_retrain")
     first = states(retrain.test())
+    assert first["evaluate"] == "success" and trained == [], first
     assert first["promote"] == "success", first
     prod = lineage.resolve_alias("generator", "production")
     assert prod is not None

@@ -54,3 +54,26 @@ def test_evaluating_the_real_images_scores_them_as_their_own_captions() -> None:
 
     m = evaluate(real, data, enc, n=70)
     assert m["n"] == 70 and abs(m["fd"]) < 1e-3 and m["r_precision"] == m["real_r_precision"]
+
+
+def test_the_evaluation_encoder_is_trained_once_and_found_in_s3_by_a_worker_with_an_empty_disk(
+        storage, tmp_path, monkeypatch) -> None:
+    import gen_engine.evaluation.encoder as encoder_module
+    from gen_engine.evaluation import cached_encoder
+
+    data = _data()
+    data.dataset_version_id, data.curated_uri = "v-cache-test", "s3://datasets/curated/cache-test/v-cache-test/"
+    trained = []
+    real_train = encoder_module.train_encoder
+    monkeypatch.setattr(encoder_module, "train_encoder", lambda *a, **k: trained.append(1) or real_train(*a, **k))
+
+    first, _ = cached_encoder(data, tmp_path / "worker-a", steps=5, store=storage)
+    assert trained == [1]
+    assert storage.exists("datasets", "curated/cache-test/v-cache-test/evaluation/encoder-r16-s5.safetensors")
+    second, _ = cached_encoder(data, tmp_path / "worker-b", steps=5, store=storage)  # another disk: from S3
+    assert trained == [1]
+    for (k, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    # Another resolution or step count is another encoder.
+    cached_encoder(data, tmp_path / "worker-b", steps=6, store=storage)
+    assert trained == [1, 1]
