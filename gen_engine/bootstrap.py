@@ -55,7 +55,7 @@ def starter_trainer(work: Path, config: Path = STARTER_CONFIG, device: str = "cp
     data_dir = Path(work) / "data"
     if not (data_dir / "card.json").exists():
         build(data_dir)
-    data = TrainData.from_imagefolder(data_dir, cfg.resolution, split="train")
+    data = TrainData.from_imagefolder(data_dir, cfg.resolution, split="train", text_encoder=cfg.text_encoder)
     trainer = Trainer(cfg, data, Path(work) / "run", device=device)
     trainer.resume()
     return trainer, data_dir

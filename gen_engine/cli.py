@@ -285,9 +285,10 @@ def train(
         return
     res = resources()
     if Path(data).is_dir():
-        train_data = TrainData.from_imagefolder(Path(data), cfg.resolution, split="train")
+        train_data = TrainData.from_imagefolder(Path(data), cfg.resolution, split="train",
+                                                text_encoder=cfg.text_encoder)
     else:
-        train_data = TrainData.from_curated(data, res, cfg.resolution)
+        train_data = TrainData.from_curated(data, res, cfg.resolution, text_encoder=cfg.text_encoder)
     init, parent = res.registry.resolve_init(cfg.init_from)
     trainer = Trainer(cfg, train_data, out, device=device, init=init, parent=parent)
     trainer.resume()
@@ -394,18 +395,20 @@ def sample(
     from gen_engine.models.noise import seed_noise
     from gen_engine.runtime import load_backend
     from gen_engine.sheets import image_grid
-    from gen_engine.text import shared_encoder
+    from gen_engine.text import encoder_for
 
     model_dir, _ = resources().registry.resolve(model)
+    meta = json.loads((model_dir / "model.json").read_text())
+    encoder = encoder_for(meta)
     backend = load_backend("auto", model_dir)
     if not prompt:
-        prompts = json.loads((model_dir / "model.json").read_text()).get("sample_prompts") or []
+        prompts = meta.get("sample_prompts") or []
         if not prompts:
             raise UserError(f"{model} records no sample prompts: give --prompt")
-        sample_grid(backend.render, backend.z_dim, prompts).save(out, optimize=True)
+        sample_grid(backend.render, backend.z_dim, prompts, encoder.name).save(out, optimize=True)
     else:
         z = np.stack([seed_noise(seed + i, backend.z_dim) for i in range(n)])
-        imgs = backend.render(z, np.repeat(shared_encoder().encode([prompt]), n, axis=0))
+        imgs = backend.render(z, np.repeat(encoder.encode([prompt]), n, axis=0))
         image_grid(imgs, cols=min(n, 8), labels=[prompt]).save(out)
     console.print(f"wrote {out}")
 

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
                                          "upsampler learned (0: never; a warm start keeps its parent's).")
     eval_encoder_steps: int = Field(1500, ge=1, description="Training steps of a dataset version's evaluation "
                                                             "encoder (trained once per version, then cached).")
+    eval_text_encoder: str | None = Field(None, description="The caption space evaluations score in (a name in "
+                                          "`gen_engine.text.ENCODERS`); unset: the challenger's own text encoder.")
     retrain_device: str = Field("auto", description="auto | cpu | cuda")
     gate_max_fd_increase: float = Field(0.02, ge=0, description="Promote only if FD is worse by at most this fraction.")
     gate_max_r_precision_drop: float = Field(0.02, ge=0, description="... and R-precision drops by at most this.")

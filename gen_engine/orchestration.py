@@ -152,7 +152,8 @@ def train_candidate(res: Resources, decision: dict[str, Any], device: str | None
 
     cfg = TrainConfig.from_yaml(Path(decision["config"]), **({"steps": steps} if steps else {}))
     settings = res.settings
-    data = TrainData.from_curated(f"{decision['dataset']}@v{decision['dataset_version']}", res, cfg.resolution)
+    data = TrainData.from_curated(f"{decision['dataset']}@v{decision['dataset_version']}", res, cfg.resolution,
+                                  text_encoder=cfg.text_encoder)
     run_dir = settings.local_dir / "runs" / f"{cfg.name}-{decision['dataset_version_id']}-{decision['config_hash']}"
     init, parent = res.registry.resolve_init(cfg.init_from)
     if parent is not None:  # a warm start from another champion is another run
@@ -198,18 +199,24 @@ def evaluate_candidates(res: Resources, challenger_id: str, decision: dict[str, 
     """Challenger and champion evaluated on the same held-out split of the current dataset version."""
     from gen_engine.datasets.curated import TrainData
     from gen_engine.evaluation import evaluate_model
+    from gen_engine.text import model_encoder_name
 
     ref = f"{decision['dataset']}@v{decision['dataset_version']}"
     out: dict[str, Any] = {}
     settings, lineage = res.settings, res.lineage
     prod = lineage.resolve_alias(model_name, "production")
+    # One evaluation space for both: the captions embedded by the challenger's text encoder (each model
+    # still renders from its own encoder's embeddings, `evaluation.in_model_space`).
+    space = settings.eval_text_encoder or model_encoder_name(json.loads(
+        (res.registry.resolve(challenger_id)[0] / "model.json").read_text()))
     for role, model_id in (("challenger", challenger_id), ("champion", prod["model_id"] if prod else None)):
         if model_id is None:
             out[role] = None
             continue
         model_dir, _ = res.registry.resolve(model_id)
         resolution = json.loads((model_dir / "model.json").read_text())["architecture"]["resolution"]
-        train, held = (TrainData.from_curated(ref, res, resolution, split=s) for s in ("train", "val"))
+        train, held = (TrainData.from_curated(ref, res, resolution, split=s, text_encoder=space)
+                       for s in ("train", "val"))
         if len(held) < 8:
             held = train  # tiny datasets: no usable val split
         out[role] = {"model_id": model_id, **evaluate_model(model_dir, train, held, eval_cache(settings),
@@ -241,14 +248,15 @@ def prepare_evaluation(res: Resources, dataset: str, version: int) -> list[str]:
                 "is trained at first need"]
     done = []
     try:
-        sides = {TrainConfig.from_yaml(Path(settings.retrain_config)).resolution}
+        cfg = TrainConfig.from_yaml(Path(settings.retrain_config))
+        sides, space = {cfg.resolution}, settings.eval_text_encoder or cfg.text_encoder
         prod = res.lineage.resolve_alias("generator", "production")
         if prod is not None:
             sides.add(json.loads(prod["config_json"]).get("architecture", {}).get("resolution") or min(sides))
         for side in sorted(sides):
             t0 = time.monotonic()
-            cached_encoder(TrainData.from_curated(f"{dataset}@v{version}", res, side), eval_cache(settings),
-                           settings.eval_encoder_steps, res.storage)
+            cached_encoder(TrainData.from_curated(f"{dataset}@v{version}", res, side, text_encoder=space),
+                           eval_cache(settings), settings.eval_encoder_steps, res.storage)
             done.append(f"evaluation encoder of {dataset}@v{version} at {side} px ready in "
                         f"{time.monotonic() - t0:.1f}s")
     except Exception as e:  # noqa: BLE001 (the version is published and its drop filed: evaluation trains it)
@@ -279,7 +287,7 @@ def compile_and_register(res: Resources, model_dir: Path, row: dict[str, Any]) -
     cache = res.settings.text_encoder_cache
     report = compile_model(model_dir, cache)
     text = report.get("text_encoder")
-    text_file = text_encoder_folder(cache) / text["file"] if text and cache is not None else None
+    text_file = text_encoder_folder(cache) / text["file"] if text and "file" in text and cache is not None else None
     return report, res.registry.publish_compiled(model_dir, row, report, text_file)
 
 
@@ -351,6 +359,7 @@ def plan_campaign(res: Resources, params: dict[str, Any], dag_run: tuple[str, st
     (lineage) from here on, with ``dag_run`` (dag id, run id) when Airflow runs it."""
     from gen_engine.render.csvin import CsvError, RowRules
     from gen_engine.render.plan import prepare
+    from gen_engine.text import check_encoder
 
     settings, store = res.settings, res.storage
     bucket = settings.bucket_campaigns
@@ -382,7 +391,9 @@ def plan_campaign(res: Resources, params: dict[str, Any], dag_run: tuple[str, st
     model_dir, model = res.registry.resolve(ref)
     pinned = ref if Path(ref).is_dir() else model["model_id"]  # an alias is pinned to what it names now
     try:
-        native = json.loads((model_dir / "model.json").read_text())["architecture"]["resolution"]
+        meta = json.loads((model_dir / "model.json").read_text())
+        check_encoder(meta)  # a model whose text encoder is not installed fails here, with what to install
+        native = meta["architecture"]["resolution"]
         rules = RowRules.from_settings(settings, native_size=int(native),
                                        default_label=_label_param(params.get("label"), settings.render_label))
         plan = prepare(f"s3://{bucket}/{csv_key}" if filed else csv_key, campaign, settings, store,
@@ -414,11 +425,12 @@ def _render_env(res: Resources, model_ref: str, backend: str, _thread: int) -> A
     from gen_engine.render.shard import RenderEnv
     from gen_engine.runtime import load_backend
     from gen_engine.runtime.upscale import load_upscaler
-    from gen_engine.text import shared_encoder
+    from gen_engine.text import encoder_for
 
     model_dir, model = res.registry.resolve(model_ref)
+    encoder = encoder_for(json.loads((model_dir / "model.json").read_text()))  # the model's, checked
     be = load_backend(backend, model_dir)
-    return RenderEnv.from_settings(be, model, shared_encoder(), res.settings, load_upscaler(be.name, model_dir))
+    return RenderEnv.from_settings(be, model, encoder, res.settings, load_upscaler(be.name, model_dir))
 
 
 def render_planned_shard(res: Resources, plan_key: str, index: int, progress: bool = False) -> dict[str, Any]:

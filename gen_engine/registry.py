@@ -167,7 +167,7 @@ class ModelRegistry:
         """
         prefix = row["uri"].removeprefix(f"s3://{self.settings.bucket_models}/")
         text = report.get("text_encoder")
-        if text and "uri" not in text:
+        if text and "file" in text and "uri" not in text:  # a native encoder (no ONNX file) has nothing to upload
             if text_file is None:
                 raise ValueError("the compile report has a text encoder: give its ONNX file (text_file)")
             key = f"text_encoder/{text['encoder']}-{text['sha256'][:12]}/{text['file']}"

@@ -1,7 +1,10 @@
 """Training data in memory: a curated version from S3 (stored embeddings) or a local imagefolder.
 
 `TrainData` holds uint8 images, caption embeddings and the rows' descriptive columns; the trainer,
-the evaluation and the benchmarks all read data through it.
+the evaluation and the benchmarks all read data through it. The embeddings are those of one text
+encoder (`text_encoder`, from `gen_engine.text`): a curated version stores the default encoder's in
+its parquet shards, and another encoder's are computed once per version and kept in S3 beside it
+(``embeddings/<encoder>.npz``, `_embeddings`), so a dataset trains models with either.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from PIL import Image
 
 from gen_engine.datasets.images import split_of, square
 from gen_engine.errors import UserError
-from gen_engine.text import shared_encoder
+from gen_engine.text import DEFAULT_ENCODER, prompt_key, shared_encoder, spec
 
 if TYPE_CHECKING:
     from gen_engine.resources import Resources
@@ -31,11 +34,12 @@ class TrainData:
     """Images as uint8 (N, 3, R, R) and caption embeddings (N, 384), all in memory."""
 
     def __init__(self, images: torch.Tensor, text: torch.Tensor, captions: list[str], version: str,
-                 dataset_version_id: str | None = None) -> None:
-        """version: a description of the data; dataset_version_id: the curated version (lineage), if any."""
+                 dataset_version_id: str | None = None, text_encoder: str = DEFAULT_ENCODER) -> None:
+        """version: a description of the data; dataset_version_id: the curated version (lineage), if any;
+        text_encoder: the registered encoder whose embeddings ``text`` holds."""
         assert images.dtype == torch.uint8 and images.shape[0] == text.shape[0] == len(captions)
         self.images, self.text, self.captions, self.version = images, text, captions, version
-        self.dataset_version_id = dataset_version_id
+        self.dataset_version_id, self.text_encoder = dataset_version_id, text_encoder
         self.attributes: dict[str, list[str]] = {}  # e.g. color/shape of synthetic shapes, for evaluation
         self.meta: dict[str, list[str]] = {}  # per-row descriptive columns (language, category, source set, ...)
         self.heldout_captions: list[str] = []  # the dataset's held-out captions: sample grids and parity prompts
@@ -51,8 +55,9 @@ class TrainData:
         return self.images.shape[0]
 
     @classmethod
-    def from_imagefolder(cls, root: Path, resolution: int, split: str | None = None) -> TrainData:
-        """Read ``metadata.jsonl`` + images; encode captions with MiniLM once.
+    def from_imagefolder(cls, root: Path, resolution: int, split: str | None = None,
+                         text_encoder: str | None = None) -> TrainData:
+        """Read ``metadata.jsonl`` + images; encode captions once (``text_encoder``, default MiniLM).
 
         split: None keeps every row; "train" / "val" keep the rows whose image the ingest would put in
         that split (by content hash), and a "train" read also collects the held-out captions."""
@@ -76,17 +81,20 @@ class TrainData:
         for r in keep:
             h.update(r["file_name"].encode() + r["text"].encode())
         captions = [r["text"] for r in keep]
-        text = torch.from_numpy(shared_encoder().encode(captions, cache=False))
+        enc = shared_encoder(text_encoder)
+        text = torch.from_numpy(enc.encode(captions, cache=False))
         data = cls(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), text, captions,
-                   f"imagefolder:{h.hexdigest()[:16]}")
+                   f"imagefolder:{h.hexdigest()[:16]}", text_encoder=enc.name)
         data.attributes = {k: [str(r[k]) for r in keep] for k in ("color", "shape") if rows and "shape" in rows[0]}
         data.meta = {k: [str(r.get(k, "")) for r in keep] for k in META_COLUMNS if rows and k in rows[0]}
         data.heldout_captions = list(dict.fromkeys(held))
         return data
 
     @classmethod
-    def from_curated(cls, ref: str, res: Resources, resolution: int, split: str = "train") -> TrainData:
-        """A curated version (``name`` = latest, or ``name@vN``) from S3: stored embeddings, no re-encoding."""
+    def from_curated(cls, ref: str, res: Resources, resolution: int, split: str = "train",
+                     text_encoder: str | None = None) -> TrainData:
+        """A curated version (``name`` = latest, or ``name@vN``) from S3: stored embeddings, no re-encoding
+        (another ``text_encoder``'s: computed once per version and kept beside it, `_embeddings`)."""
         import polars as pl
 
         settings, store = res.settings, res.storage
@@ -107,9 +115,15 @@ class TrainData:
             if im.size != (resolution, resolution):
                 im = im.resize((resolution, resolution), Image.Resampling.LANCZOS)
             imgs[i] = np.asarray(im)
-        text = torch.from_numpy(df["embedding"].to_numpy().astype(np.float32))
+        name = text_encoder or DEFAULT_ENCODER
+        if name == DEFAULT_ENCODER:
+            text = torch.from_numpy(df["embedding"].to_numpy().astype(np.float32))
+        else:
+            table = _embeddings(res, prefix, name, everything["caption"].to_list())
+            text = torch.from_numpy(np.stack([table[prompt_key(c)] for c in df["caption"]]) if df.height
+                                    else np.zeros((0, spec(name).dim), np.float32))
         data = cls(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), text, df["caption"].to_list(),
-                   row["version_id"], dataset_version_id=row["version_id"])
+                   row["version_id"], dataset_version_id=row["version_id"], text_encoder=name)
         data.content_hashes = df["content_hash"].to_list()
         data.curated_uri = row["uri"]
         extras = [json.loads(e or "{}") for e in df["extra"].to_list()]
@@ -136,3 +150,22 @@ class TrainData:
     def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``step`` (see `indices`) as `rows`."""
         return self.rows(self.indices(step, batch_size, seed))
+
+
+def _embeddings(res: Resources, prefix: str, encoder: str, captions: list[str]) -> dict[str, np.ndarray]:
+    """Caption key (`prompt_key`) -> embedding by ``encoder``, for every caption of the curated version at
+    ``prefix``: read from ``embeddings/<encoder>.npz`` beside it, or encoded once and written there (any
+    worker, any later run reuses it)."""
+    bucket, store = res.settings.bucket_datasets, res.storage
+    key = f"{prefix.rstrip('/')}/embeddings/{encoder}.npz"
+    wanted = {prompt_key(c): c for c in captions}
+    if store.exists(bucket, key):
+        with np.load(io.BytesIO(store.get_bytes(bucket, key))) as z:
+            table = dict(zip(z["keys"].tolist(), z["vectors"], strict=True))
+        if wanted.keys() <= table.keys():
+            return table
+    vectors = shared_encoder(encoder).encode(list(wanted.values()), cache=False)
+    buf = io.BytesIO()
+    np.savez(buf, keys=np.array(list(wanted), dtype="U64"), vectors=vectors)
+    store.put_bytes(bucket, key, buf.getvalue())
+    return dict(zip(wanted, vectors, strict=True))

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT", "ENCODER_STEPS", "METRICS", "EvalContext", "append_metrics", "cached_encoder", "encode",
-           "evaluate", "evaluate_model", "frechet_distance", "r_precision",
+           "evaluate", "evaluate_model", "frechet_distance", "in_model_space", "r_precision",
            "r_precision_subset", "render_heldout"]
 
 
@@ -85,6 +85,25 @@ def evaluate(render: Any, data: Any, enc: ImageEncoder, labels: dict[str, torch.
     return out
 
 
+def in_model_space(render: Any, meta: dict[str, Any], data: Any) -> Any:
+    """``render`` fed with the model's own text encoder, for data embedded by another one.
+
+    Champion and challenger are scored in one evaluation space (the captions' embeddings in ``data``, by
+    `data.text_encoder`), but each renders from the embeddings it was trained on: a model on another
+    encoder gets, for each caption's row, its own encoder's vector of the same caption."""
+    from gen_engine.text import encoder_for, model_encoder_name
+
+    if model_encoder_name(meta) == data.text_encoder:
+        return render
+    own = encoder_for(meta).encode(data.captions, cache=False)
+    table = {row.tobytes(): v for row, v in zip(data.text.numpy(), own, strict=True)}
+
+    def translated(z: np.ndarray, text: np.ndarray) -> np.ndarray:
+        return render(z, np.stack([table[np.ascontiguousarray(row, dtype=np.float32).tobytes()] for row in text]))
+
+    return translated
+
+
 def append_metrics(path: Path, step: int, metrics: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
@@ -100,7 +119,9 @@ def evaluate_model(model_dir: Path, train: Any, heldout: Any, cache_dir: Path, n
     enc, vocab = cached_encoder(train, cache_dir, encoder_steps, store)
     t1 = time.monotonic()
     labels = heldout.labels(vocab)[0] if vocab and heldout.attributes else None
-    out = evaluate(TorchBackend(model_dir, device="cpu").render, heldout, enc, labels, n=n)
+    render = in_model_space(TorchBackend(model_dir, device="cpu").render,
+                            json.loads((Path(model_dir) / "model.json").read_text()), heldout)
+    out = evaluate(render, heldout, enc, labels, n=n)
     # Progress lines for the Airflow log: which part of an evaluation takes the time.
     log.info("evaluated %s on %d held-out captions: evaluation encoder %.1fs, render and metrics %.1fs",
              Path(model_dir).name, len(heldout), t1 - t0, time.monotonic() - t1)

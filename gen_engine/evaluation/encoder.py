@@ -18,6 +18,7 @@ import torch
 
 from gen_engine.config import Settings
 from gen_engine.models.encoder import ImageEncoder, load_encoder, save_encoder
+from gen_engine.text import DEFAULT_ENCODER
 from gen_engine.training.encoder import train_encoder
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ def cached_encoder(data: Any, cache_dir: Path, steps: int = ENCODER_STEPS, store
     version (`s3_key`), where the ingest puts it (`orchestration.prepare_evaluation`), so a worker on
     another disk never trains it again; trained only where neither has it, then saved to both."""
     name = f"encoder-r{data.images.shape[-1]}-s{steps}"
+    if data.text_encoder != DEFAULT_ENCODER:  # trained against that encoder's caption space
+        name += f"-{data.text_encoder}"
     key = f"{data.dataset_version_id or data.version.replace(':', '-')}-{name.removeprefix('encoder-')}"
     w, meta = cache_dir / f"{key}.safetensors", cache_dir / f"{key}.json"
     remote = s3_key(data, name) if store is not None else None

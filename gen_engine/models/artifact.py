@@ -27,14 +27,16 @@ SAMPLES = "samples.png"
 SAMPLE_SEEDS = 6
 
 
-def sample_grid(render: Callable[[np.ndarray, np.ndarray], np.ndarray], z_dim: int, prompts: list[str]) -> Image.Image:
+def sample_grid(render: Callable[[np.ndarray, np.ndarray], np.ndarray], z_dim: int, prompts: list[str],
+                text_encoder: str | None = None) -> Image.Image:
     """A generator's sample grid: one row per prompt (labelled), seeds 0-5 across, through ``render(z, text)``
-    (uint8 images). The same prompts and seeds at every checkpoint, so grids compare across a run and runs."""
+    (uint8 images). The same prompts and seeds at every checkpoint, so grids compare across a run and runs.
+    text_encoder: the model's (`gen_engine.text`; default MiniLM)."""
     from gen_engine.models.noise import seed_noise
     from gen_engine.sheets import image_grid
     from gen_engine.text import shared_encoder
 
-    text = np.repeat(shared_encoder().encode(prompts), SAMPLE_SEEDS, axis=0)
+    text = np.repeat(shared_encoder(text_encoder).encode(prompts), SAMPLE_SEEDS, axis=0)
     z = np.stack([seed_noise(s, z_dim) for s in range(SAMPLE_SEEDS)] * len(prompts))
     return image_grid(render(z, text), cols=SAMPLE_SEEDS, labels=list(prompts))
 

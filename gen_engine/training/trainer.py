@@ -30,6 +30,7 @@ from gen_engine.models.gan import Discriminator, Generator, to_uint8
 from gen_engine.models.upsampler import META as UP_META
 from gen_engine.models.upsampler import WEIGHTS as UP_WEIGHTS
 from gen_engine.models.upsampler import has_upsampler
+from gen_engine.text import DEFAULT_ENCODER, model_encoder_name, spec
 from gen_engine.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from gen_engine.training.config import TrainConfig
 from gen_engine.training.device import bf16_autocast, pick_device
@@ -59,6 +60,9 @@ class Trainer:
                  init: Path | None = None, parent: str | None = None) -> None:
         """init: a model folder to warm-start from (cfg.init_from resolved by the caller); parent: its model id."""
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
+        if data.text_encoder != cfg.text_encoder:
+            raise UserError(f"the training data holds {data.text_encoder} embeddings but the config trains on "
+                            f"{cfg.text_encoder}; load it with text_encoder={cfg.text_encoder!r}")
         self.device = pick_device(device)
         torch.manual_seed(cfg.seed)
         self.g = Generator(cfg.gan)
@@ -84,7 +88,7 @@ class Trainer:
             from gen_engine.text import shared_encoder
             from gen_engine.training.recolour import RecolourTable
 
-            self.recolour = RecolourTable.build(data, shared_encoder(), cfg.seed)
+            self.recolour = RecolourTable.build(data, shared_encoder(cfg.text_encoder), cfg.seed)
 
     def _warm_start(self, model_dir: Path, parent: str | None) -> None:
         """Load a published model's generator (and discriminator, if its artifact has one) exactly."""
@@ -95,6 +99,11 @@ class Trainer:
             raise UserError(f"cannot warm-start from {model_dir}: its architecture {meta['architecture']} differs "
                              f"from this config's {self.cfg.gan.to_dict()}; set init_from: none to train from "
                              "scratch, or use a config with the champion's architecture")
+        theirs = model_encoder_name(meta)
+        if theirs != self.cfg.text_encoder:
+            raise UserError(f"cannot warm-start from {model_dir}: it was trained on the text encoder {theirs}, this "
+                            f"config on {self.cfg.text_encoder}; its weights read the other encoder's embeddings. "
+                            "Set init_from: none to train from scratch.")
         self.g.load_state_dict(load_file(model_dir / "generator.safetensors"))
         if (model_dir / "discriminator.safetensors").exists():
             self.d.load_state_dict(load_file(model_dir / "discriminator.safetensors"))
@@ -108,6 +117,8 @@ class Trainer:
         folder reused for a new dataset) is replaced, not reused."""
         path = self.run_dir / "guide.safetensors"
         key = {"data_version": self.data.version, "steps": str(self.cfg.guide_steps), "seed": str(self.cfg.seed + 1)}
+        if self.data.text_encoder != DEFAULT_ENCODER:  # the guide embeds images in the captions' space
+            key["text_encoder"] = self.data.text_encoder
         stored = encoder_meta(path) if path.exists() else None
         if stored == key:
             enc = load_encoder(path)
@@ -213,7 +224,7 @@ class Trainer:
             return to_uint8(self.g_ema(torch.from_numpy(z).to(self.device), torch.from_numpy(text).to(self.device)))
 
         path = self.run_dir / f"samples_{self.step:07d}.png"
-        sample_grid(render, self.cfg.gan.z_dim, self.sample_prompts).save(path)
+        sample_grid(render, self.cfg.gan.z_dim, self.sample_prompts, self.cfg.text_encoder).save(path)
         return path
 
     def write_loss_curve(self) -> Path:
@@ -246,6 +257,7 @@ class Trainer:
         meta = {"name": self.cfg.name, "train_config": self.cfg.model_dump(), "steps": self.step,
                 "dataset_version": self.data.version, "code_version": code_version(),
                 "sample_prompts": self.sample_prompts, "parent_model": self.parent,
+                "text_encoder": spec(self.cfg.text_encoder).record(),
                 "precision": {"bf16": self.autocast, "reason": self.precision_reason}, **(extra or {})}
         out = save_model(self.run_dir / "model", self.g_ema, meta, d=self.d)
         shutil.copyfile(self.write_samples(), out / SAMPLES)

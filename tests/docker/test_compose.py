@@ -110,7 +110,8 @@ def test_the_gpu_worker_has_its_own_cuda_image_and_the_rest_the_cpu_one() -> Non
         if name.startswith("airflow") and name != "airflow-worker-gpu":
             assert "args" not in svc.get("build", {}), name  # the Dockerfile's defaults: CPU torch
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
-    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in dockerfile and "ARG EXTRAS=deploy" in dockerfile
+    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in dockerfile
+    assert "ARG EXTRAS=deploy,multilingual" in dockerfile
     assert "--index-url ${TORCH_INDEX}" in dockerfile and '".[${EXTRAS}]"' in dockerfile
     import tomllib
 

