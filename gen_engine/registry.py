@@ -186,7 +186,7 @@ class ModelRegistry:
                                      key={"opset": onnx["opset"], "onnxruntime": report["versions"]["onnxruntime"]},
                                      report=report)
         engines.append("onnxruntime")
-        if text:
+        if text and "file" in text:  # a native text encoder (`onnx_export.native_text_report`) is no engine
             self.lineage.register_engine(f"{row['model_id']}-text-{text['sha256'][:12]}", row["model_id"],
                                          backend="onnxruntime-text", uri=text["uri"], sha256=text["sha256"],
                                          key={"opset": text["opset"], "encoder": text["package"]}, report=text)

@@ -335,7 +335,10 @@ METRIC_KEYS = (("r_precision", "R-precision"), ("fd", "FD"), ("color_judge", "co
 
 
 def _models() -> list[dict[str, Any]]:
-    """Model versions newest first: figures, gate and promotion decisions, aliases, compiled engines."""
+    """Model versions newest first: figures, gate and promotion decisions, aliases, compiled engines, and
+    the text encoder each reads prompts with."""
+    from gen_engine.text import model_encoder_name
+
     _, _, lineage = _stores()
     aliases = lineage.aliases()
     out = []
@@ -345,8 +348,9 @@ def _models() -> list[dict[str, Any]]:
                     "parity", json.loads(en.get("report_json") or "{}").get("onnx", {}).get("parity"))}
                    for en in lineage.engines(m["model_id"])]
         samples = _samples_url(m)
+        text = model_encoder_name(json.loads(m.get("config_json") or "{}"))
         out.append({"model_id": m["model_id"], "version": m["version"], "created_at": m["created_at"],
-                    "samples": samples,
+                    "samples": samples, "text_encoder": text,
                     "dataset_version_id": m["dataset_version_id"], "parent_model_id": m.get("parent_model_id"),
                     "aliases": sorted(a for a, mid in aliases.items() if mid == m["model_id"]),
                     "metrics": {k: metrics[k] for k, _ in METRIC_KEYS if k in metrics},
@@ -383,7 +387,7 @@ async def models_page() -> str:
     head = "".join(f"<th>{label}</th>" for _, label in METRIC_KEYS)
     rows = "".join(
         f"<tr id='{e(m['model_id'])}'><td>v{m['version']} {e(m['model_id'])}<div class='muted'>"
-        f"{e(m['created_at'])}</div>{_samples_img(m)}</td>"
+        f"{e(m['created_at'])}<br>prompts: {e(m['text_encoder'])}</div>{_samples_img(m)}</td>"
         f"<td>{e(', '.join(m['aliases']) or '-')}</td><td>{e(str(m['dataset_version_id'] or '-'))}<div class='muted'>"
         f"from {e(str(m['parent_model_id'] or '-'))}</div></td>"
         + "".join(f"<td>{_figure(m['metrics'].get(k))}</td>" for k, _ in METRIC_KEYS)

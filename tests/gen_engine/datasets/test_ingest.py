@@ -224,3 +224,34 @@ def test_drop_level_errors(env, tmp_path: Path, build: str, match: str) -> None:
         path.write_bytes(b"just some bytes")
     with pytest.raises(DropError, match=match):
         run(env, path, "broken")
+
+
+def test_a_curated_version_gives_another_encoders_embeddings_computed_once_and_kept_beside_it(
+        env, tmp_path: Path, monkeypatch) -> None:
+    from gen_engine.datasets import curated
+    from gen_engine.datasets.curated import TrainData
+    from gen_engine.text import shared_encoder
+
+    items = synth_pngs(12, seed=3) + [("一颗红色的心", synth_pngs(1, seed=4)[0][1])]
+    path = tmp_path / "multi.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        for i, (_, data) in enumerate(items):
+            z.writestr(f"images/{i:03d}.png", data)
+        z.writestr("metadata.jsonl", "\n".join(json.dumps({"file_name": f"images/{i:03d}.png", "text": t})
+                                               for i, (t, _) in enumerate(items)))
+    r = run(env, path, "multi-encoder")
+    settings, store, _ = env
+    res = resources(settings)
+    e5 = "multilingual-e5-small"
+    parts = [TrainData.from_curated("multi-encoder", res, 32, split=s, text_encoder=e5) for s in ("train", "val")]
+    assert all(p.text_encoder == e5 for p in parts) and sum(len(p) for p in parts) == 13
+    for p in parts:  # each row holds its own caption's E5 vector
+        np.testing.assert_allclose(p.text.numpy(), shared_encoder(e5).encode(p.captions, cache=False), atol=1e-6)
+    prefix = r.uri.removeprefix(f"s3://{settings.bucket_datasets}/")
+    assert store.exists(settings.bucket_datasets, f"{prefix}embeddings/{e5}.npz")
+    # Every later read (any split, any worker) takes them from S3: nothing is encoded again.
+    monkeypatch.setattr(curated, "shared_encoder", lambda name=None: pytest.fail(f"encoded again with {name}"))
+    again = TrainData.from_curated("multi-encoder", res, 32, split="train", text_encoder=e5)
+    assert np.array_equal(again.text.numpy(), parts[0].text.numpy())
+    minilm = TrainData.from_curated("multi-encoder", res, 32, split="train")  # the stored column, as before
+    assert minilm.text_encoder == "all-MiniLM-L6-v2" and not np.allclose(minilm.text.numpy(), again.text.numpy())
