@@ -316,6 +316,24 @@ def models_bootstrap(
     console.print(f"{r['reason']}; production = {r['model_id']} (version {r['version']})")
 
 
+@models_app.command("text-encoders")
+def models_text_encoders() -> None:
+    """The text encoders a config can name (`text_encoder:`): package, whether it is installed, languages.
+
+    Example: genengine models text-encoders
+    """
+    from rich.table import Table
+
+    from gen_engine.text import DEFAULT_ENCODER, ENCODERS
+
+    table = Table("name", "package", "installed", "dim", "languages", "licence")
+    for s in ENCODERS.values():
+        version = s.version()
+        table.add_row(s.name + (" (default)" if s.name == DEFAULT_ENCODER else ""), s.package,
+                      version or f"no: pip install {s.package}", str(s.dim), s.languages, s.licence)
+    console.print(table)
+
+
 @models_app.command("train-starter")
 @friendly
 def models_train_starter(

