@@ -205,20 +205,23 @@ def evaluate_candidates(res: Resources, challenger_id: str, decision: dict[str, 
     out: dict[str, Any] = {}
     settings, lineage = res.settings, res.lineage
     prod = lineage.resolve_alias(model_name, "production")
+    roles = {"challenger": challenger_id, "champion": prod["model_id"] if prod else None}
+    dirs = {role: res.registry.resolve(mid)[0] for role, mid in roles.items() if mid is not None}
+    metas = {role: json.loads((d / "model.json").read_text()) for role, d in dirs.items()}
     # One evaluation space for both: the captions embedded by the challenger's text encoder (each model
     # still renders from its own encoder's embeddings, `evaluation.in_model_space`).
-    space = settings.eval_text_encoder or model_encoder_name(json.loads(
-        (res.registry.resolve(challenger_id)[0] / "model.json").read_text()))
-    for role, model_id in (("challenger", challenger_id), ("champion", prod["model_id"] if prod else None)):
+    space = settings.eval_text_encoder or model_encoder_name(metas["challenger"])
+    splits: dict[int, tuple[TrainData, TrainData]] = {}  # per resolution: both models at one size read it once
+    for role, model_id in roles.items():
         if model_id is None:
             out[role] = None
             continue
-        model_dir, _ = res.registry.resolve(model_id)
-        resolution = json.loads((model_dir / "model.json").read_text())["architecture"]["resolution"]
-        train, held = (TrainData.from_curated(ref, res, resolution, split=s, text_encoder=space)
-                       for s in ("train", "val"))
-        if len(held) < 8:
-            held = train  # tiny datasets: no usable val split
+        model_dir, resolution = dirs[role], metas[role]["architecture"]["resolution"]
+        if resolution not in splits:
+            train, held = (TrainData.from_curated(ref, res, resolution, split=s, text_encoder=space)
+                           for s in ("train", "val"))
+            splits[resolution] = (train, held if len(held) >= 8 else train)  # tiny datasets: no usable val split
+        train, held = splits[resolution]
         out[role] = {"model_id": model_id, **evaluate_model(model_dir, train, held, eval_cache(settings),
                                                             n=settings.eval_images,
                                                             encoder_steps=settings.eval_encoder_steps,

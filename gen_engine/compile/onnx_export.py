@@ -182,10 +182,9 @@ def compile_model(model_dir: Path, text_cache: Path | None = None) -> dict[str, 
     }
     from gen_engine.models.upsampler import has_upsampler
 
-    if has_upsampler(model_dir):
-        report["upsampler"] = compile_upsampler(model_dir, parity_inputs(json.loads(
-            (model_dir / "model.json").read_text()), 16))
     meta = json.loads((model_dir / "model.json").read_text())
+    if has_upsampler(model_dir):
+        report["upsampler"] = compile_upsampler(model_dir, parity_inputs(meta, 16))
     if text_cache is not None and model_encoder_name(meta) == DEFAULT_ENCODER:
         from gen_engine.compile.text_onnx import compile_text_encoder
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +88,6 @@ def s3_key(data: Any, name: str) -> dict[str, tuple[str, str]] | None:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write beside, then rename: a worker killed mid-write leaves no half file that would load."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_bytes(data)
     tmp.replace(path)

@@ -66,7 +66,8 @@ def test_models_record_their_encoder_and_a_missing_or_mismatched_one_is_a_clear_
         encoder_for({"name": "gen-x", "text_encoder": {**rec, "version": "0.0.1"}})
     with pytest.raises(TextEncoderMismatch, match="takes 512-d"):
         encoder_for({"text_encoder": rec, "architecture": {"text_dim": 512}})
-    ghost = EncoderSpec("ghost-encoder", "ghost-encoder-weights", "ghost_encoder_weights", 384, "", "en", "MIT")
+    ghost = EncoderSpec("ghost-encoder", "ghost-encoder-weights", "ghost_encoder_weights", 384, "", "en", "MIT",
+                        load=ENCODERS["all-MiniLM-L6-v2"].load)
     monkeypatch.setitem(ENCODERS, ghost.name, ghost)
     with pytest.raises(TextEncoderMissing, match="pip install ghost-encoder-weights"):
         encoder_for({"text_encoder": {"name": "ghost-encoder"}})
