@@ -111,7 +111,7 @@ def test_the_gpu_worker_has_its_own_cuda_image_and_the_rest_the_cpu_one() -> Non
             assert "args" not in svc.get("build", {}), name  # the Dockerfile's defaults: CPU torch
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
     assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in dockerfile
-    assert "ARG EXTRAS=deploy,multilingual" in dockerfile
+    assert "ARG EXTRAS=deploy" in dockerfile
     assert "--index-url ${TORCH_INDEX}" in dockerfile and '".[${EXTRAS}]"' in dockerfile
     import tomllib
 
@@ -131,3 +131,17 @@ def test_every_airflow_service_routes_the_same_task_kinds_to_the_gpu_queue() -> 
                                 airflow_gpu_tasks=env.get("GEN_AIRFLOW_GPU_TASKS", "train,evaluate,compile,render"),
                                 ).task_route("render")["queue"])
     assert routes == {"gpu"}
+
+
+def test_the_workers_preload_the_render_code_from_a_celery_config_that_keeps_airflows() -> None:
+    """Every Airflow service reads one Celery config (the scheduler's executor and the workers must agree),
+    and it is Airflow's defaults plus the preload hook, importable from the installed package."""
+    import importlib
+
+    from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
+
+    paths = {SERVICES[s]["environment"].get("AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS")
+             for s in SERVICES if s.startswith("airflow-")}
+    assert paths == {"gen_engine.infra.celery_worker.CELERY_CONFIG"}
+    module, _, name = paths.pop().rpartition(".")
+    assert getattr(importlib.import_module(module), name) == DEFAULT_CELERY_CONFIG
