@@ -165,6 +165,10 @@ def cluster(postgres_url: str, s3_settings: Settings, tmp_path_factory: pytest.T
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        # Workers import the render code once, before forking (what docker/compose.yaml sets); the
+        # overhead benchmark turns it off (GEN_TEST_CELERY_PRELOAD=0) to measure without.
+        **({} if os.environ.get("GEN_TEST_CELERY_PRELOAD") == "0" else
+           {"AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "gen_engine.infra.celery_worker.CELERY_CONFIG"}),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
         "GEN_S3_ENDPOINT": s3_settings.s3_address,
         "GEN_S3_ACCESS_KEY": s3_settings.s3_access_key.get_secret_value(),
