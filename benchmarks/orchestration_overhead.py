@@ -103,10 +103,12 @@ def main() -> None:
         f"shard), Airflow's {per_shard:.2f} s per shard is **{100 * share:.0f}%** of a worker slot's time "
         f"(target < 5%: {'met' if share < 0.05 else 'MISSED'}); with the task's set-up, "
         f"{100 * share_with_setup:.0f}%. Airflow's share falls to 5% at about {needed:,.0f} images per shard.", "",
-        "Where the time goes: a fresh task process per shard (Airflow's task runner) imports the render code "
-        f"and loads the model and caption encoder again (set-up), and the scheduler queues the next shard {gap:.2f} s "
-        "after one ends. What would close it: a warm render process per worker that keeps the "
-        "imports, model and encoder across shards (the task hands it the shard), shards of ~100k images on fast "
+        "Where the time goes: with the imports preloaded, a shard still waits for Celery to pick it up "
+        f"({med['queued_to_running_s']:.2f} s), for Airflow's task runner in the forked process (the DAG file "
+        "parsed again, the Execution API calls at start and end, the XCom push) and its own set-up (plan, "
+        f"model and caption encoder loaded again, {setup:.2f} s), and the scheduler queues the next shard "
+        f"{gap:.2f} s after one ends. What would close it: a warm render process per worker that keeps the "
+        "model and encoder across shards (the task hands it the shard), shards of ~50k images on fast "
         "GPUs, or two concurrent shards per GPU so one's start-up overlaps the other's rendering.", ""]
     (RESULTS / "orchestration_overhead.md").write_text("\n".join(lines))
     print("\n".join(lines))
