@@ -135,13 +135,17 @@ def test_every_airflow_service_routes_the_same_task_kinds_to_the_gpu_queue() -> 
 
 def test_the_workers_preload_the_render_code_from_a_celery_config_that_keeps_airflows() -> None:
     """Every Airflow service reads one Celery config (the scheduler's executor and the workers must agree),
-    and it is Airflow's defaults plus the preload hook, importable from the installed package."""
-    import importlib
-
-    from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
+    and it is Airflow's defaults plus the preload hook, importable from the installed package. Imported in
+    a fresh interpreter: it loads Airflow's configuration, which this test process must not do before the
+    DAG tests set up their Airflow home (tests/gen_engine/test_celery_worker.py does the same)."""
+    import subprocess
+    import sys
 
     paths = {SERVICES[s]["environment"].get("AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS")
              for s in SERVICES if s.startswith("airflow-")}
     assert paths == {"gen_engine.infra.celery_worker.CELERY_CONFIG"}
     module, _, name = paths.pop().rpartition(".")
-    assert getattr(importlib.import_module(module), name) == DEFAULT_CELERY_CONFIG
+    probe = ("import importlib; from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG; "
+             f"print(getattr(importlib.import_module({module!r}), {name!r}) == DEFAULT_CELERY_CONFIG)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "True"
