@@ -47,7 +47,8 @@ def campaign_render():
         return [{"plan_key": plan["plan_key"], "index": s["index"], "rows": f"rows {s['first_row']}-{s['last_row']}"}
                 for s in plan["shards"]]
 
-    @task(**route("render"), max_active_tis_per_dag=2, map_index_template="{{ shard_label }}")
+    @task(**route("render"), max_active_tis_per_dag=SETTINGS.airflow_render_shards_per_run,
+          map_index_template="{{ shard_label }}")
     def render_shard(ref: dict) -> dict:
         get_current_context()["shard_label"] = ref["rows"]
         from gen_airflow import call

@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     render_batch_size: int = Field(32, ge=1, description="Images per inference batch (32: the CPU's sweet spot "
                                                          "at 64 px; larger batches only add peak memory).")
     render_io_threads: int = Field(8, ge=1, description="Threads that encode and upload rendered images.")
+    render_device_turns: bool = Field(True, description="Render shards on one worker draw one at a time: the "
+                                      "drawing holds a lock under local_dir (and training on CUDA holds it too), "
+                                      "so a worker running several shards at once overlaps one's start-up, "
+                                      "encoding and upload with another's drawing, never two models on one GPU.")
     render_png_level: int = Field(2, ge=0, le=9, description="zlib level of the PNGs (lossless at every level). "
                                   "2: encodes a 256 px image about twice as fast as Pillow's 6, for about 17% "
                                   "more bytes (measured on starter images); 9: smallest files, 10x slower.")
@@ -162,6 +166,9 @@ class Settings(BaseSettings):
     # --- Airflow ------------------------------------------------------------------------------------
     airflow_gpu_pool_slots: int = Field(1, ge=1, description="Slots of the Airflow pool `gpu`.")
     airflow_render_pool_slots: int = Field(2, ge=1, description="Slots of the Airflow pool `render`.")
+    airflow_render_shards_per_run: int = Field(2, ge=1, description="Shards of one campaign run rendering at once "
+                                               "(render_shard's max_active_tis_per_dag); the `render` pool caps "
+                                               "them across campaigns.")
     airflow_default_queue: str = Field("default", description="Celery queue of every task not routed to the GPU.")
     airflow_gpu_queue: str = Field("default", description="Celery queue of the GPU worker (the deployment: `gpu`); "
                                    "the task kinds in airflow_gpu_tasks go to it.")

@@ -147,6 +147,7 @@ def train_candidate(res: Resources, decision: dict[str, Any], device: str | None
 
     device: default the settings' ``retrain_device``."""
     from gen_engine.datasets.curated import TrainData
+    from gen_engine.runtime.device import device_turn
     from gen_engine.training.config import TrainConfig
     from gen_engine.training.trainer import Trainer
 
@@ -161,7 +162,10 @@ def train_candidate(res: Resources, decision: dict[str, Any], device: str | None
     trainer = Trainer(cfg, data, run_dir, device=device or settings.retrain_device, init=init, parent=parent)
     trainer.resume()
     t0 = time.monotonic()
-    trainer.train(progress=False)
+    # On a GPU, training takes the worker's device turn: render shards wait rather than share its memory.
+    with device_turn(settings.local_dir, f"training {run_dir.name}",
+                     enabled=settings.render_device_turns and trainer.device.type == "cuda"):
+        trainer.train(progress=False)
     model_dir = trainer.export({"config_hash": decision["config_hash"]})
     upsampler = refresh_upsampler(res, f"{decision['dataset']}@v{decision['dataset_version']}", model_dir,
                                   set(data.content_hashes))

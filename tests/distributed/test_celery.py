@@ -12,6 +12,10 @@ One campaign of 6 shards: shards run on both workers (read from the task instanc
 is killed (SIGKILL, its whole process group) in the middle of a shard, and the scheduler's heartbeat
 check hands that shard to a retry on the other worker, which finishes it without duplicates or holes;
 the images' pixels are those an in-process run (`genengine render`) of the same CSV draws.
+
+``benchmarks/orchestration_overhead.py`` also runs the timed test on a simulated GPU
+(``GEN_TEST_SIM_GPU_S_PER_IMAGE``: seconds of device time per image, `simulated_gpu`), where only the
+``gpu`` worker takes the GPU queue, with ``GEN_TEST_GPU_CONCURRENCY`` task slots.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ CSV = "prompt,seed,count,asset_name\n" + "".join(
     f"a {c} {thing},{100 * i + j},16,{c}-{thing.replace(' ', '-')}-{j}\n"
     for i, c in enumerate(("red", "blue", "green", "yellow", "purple", "orange"))
     for j, thing in enumerate(("heart sticker", "circle", "star", "smiling face", "birthday cake") * 4))
+SIM_GPU = os.environ.get("GEN_TEST_SIM_GPU_S_PER_IMAGE")  # the overhead benchmark's simulated GPU
+GPU_SLOTS = int(os.environ.get("GEN_TEST_GPU_CONCURRENCY", "1"))  # task slots of the gpu worker
 
 
 def _wait(what: str, ok: Any, timeout_s: float, logs: Path | None = None, every: float = 0.5) -> Any:
@@ -90,12 +96,12 @@ class Cluster:
             os.killpg(proc.pid, sig)
         proc.wait(30)
 
-    def worker(self, name: str, queues: str) -> None:
+    def worker(self, name: str, queues: str, concurrency: int = 1) -> None:
         """A Celery worker with a disk of its own (GEN_LOCAL_DIR, HOME, TMPDIR, Airflow home)."""
         own = self.root / "workers" / name
         for d in ("local", "home", "tmp", "airflow"):
             (own / d).mkdir(parents=True, exist_ok=True)
-        self.start(f"worker-{name}", "celery", "worker", "--queues", queues, "--concurrency", "1",
+        self.start(f"worker-{name}", "celery", "worker", "--queues", queues, "--concurrency", str(concurrency),
                    "--celery-hostname", f"{name}@%h", env={
                        "GEN_LOCAL_DIR": str(own / "local"), "HOME": str(own / "home"), "TMPDIR": str(own / "tmp"),
                        "AIRFLOW_HOME": str(own / "airflow"), "GEN_TEST_WORKER": name,
@@ -165,10 +171,13 @@ def cluster(postgres_url: str, s3_settings: Settings, tmp_path_factory: pytest.T
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        # A task's slot is free within 1 s of its process exiting (default: up to 5 s, docker/compose.yaml).
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
         # Workers import the render code once, before forking (what docker/compose.yaml sets); the
         # overhead benchmark turns it off (GEN_TEST_CELERY_PRELOAD=0) to measure without.
         **({} if os.environ.get("GEN_TEST_CELERY_PRELOAD") == "0" else
-           {"AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "gen_engine.infra.celery_worker.CELERY_CONFIG"}),
+           {"AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "simulated_gpu.CELERY_CONFIG" if SIM_GPU else
+            "gen_engine.infra.celery_worker.CELERY_CONFIG"}),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
         "GEN_S3_ENDPOINT": s3_settings.s3_address,
         "GEN_S3_ACCESS_KEY": s3_settings.s3_access_key.get_secret_value(),
@@ -176,7 +185,9 @@ def cluster(postgres_url: str, s3_settings: Settings, tmp_path_factory: pytest.T
         "GEN_LINEAGE_DB_URL": lineage_db,
         "GEN_LOCAL_DIR": str(root / "scheduler-local"),
         "GEN_AIRFLOW_GPU_QUEUE": "gpu", "GEN_AIRFLOW_GPU_TASKS": "render",
-        "GEN_AIRFLOW_RETRY_DELAY_S": "2", "GEN_AIRFLOW_RENDER_POOL_SLOTS": "2",
+        "GEN_AIRFLOW_RETRY_DELAY_S": "2", "GEN_AIRFLOW_RENDER_POOL_SLOTS": str(max(2, GPU_SLOTS)),
+        "GEN_AIRFLOW_RENDER_SHARDS_PER_RUN": str(max(2, GPU_SLOTS)),
+        **({"GEN_TEST_SIM_GPU_S_PER_IMAGE": SIM_GPU} if SIM_GPU else {}),
     }
     from pydantic import SecretStr
 
@@ -185,13 +196,13 @@ def cluster(postgres_url: str, s3_settings: Settings, tmp_path_factory: pytest.T
     cl = Cluster(env, root, airflow_db, settings, free_port)
     try:
         cl.cli("db", "migrate", timeout_s=300)
-        cl.cli("pools", "set", "render", "2", "campaign render shards")
+        cl.cli("pools", "set", "render", str(max(2, GPU_SLOTS)), "campaign render shards")
         cl.cli("pools", "set", "gpu", "1", "GPU work")
         cl.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(api_port), "--workers", "1")
         cl.start("scheduler", "scheduler")
         cl.start("dag-processor", "dag-processor")
-        cl.worker("cpu", "default,gpu")
-        cl.worker("gpu", "gpu")
+        cl.worker("cpu", "default" if SIM_GPU else "default,gpu")  # simulated: one GPU, the gpu worker's
+        cl.worker("gpu", "gpu", GPU_SLOTS)
         from gen_engine.bootstrap import bootstrap
 
         bootstrap(resources(settings))  # the starter model, compiled, as production in the shared lineage
@@ -288,7 +299,7 @@ def test_the_time_airflow_adds_per_shard(cluster: Cluster) -> None:
     (`render_planned_shard`'s ``step_seconds``). ``benchmarks/orchestration_overhead.py`` reports it
     (GEN_BENCH_OUT: where the figures go)."""
     res = resources(cluster.settings)
-    n_shards, per_shard = 8, 160
+    n_shards, per_shard = (12, 64) if SIM_GPU else (8, 160)
     csv = "prompt,seed,count,asset_name\n" + "".join(f"a sticker number {i},{i},16,timed-{i}\n"
                                                       for i in range(n_shards * per_shard // 16))
     res.storage.put_bytes("campaigns", "claimed/timed.csv", csv.encode(), content_type="text/csv")
@@ -315,6 +326,8 @@ def test_the_time_airflow_adds_per_shard(cluster: Cluster) -> None:
                        "running_to_success_s": (r["end_date"] - r["start_date"]).total_seconds(),
                        "step_s": value["step_seconds"], "render_s": value["seconds"],
                        "airflow_s": wall - value["step_seconds"],
+                       "inference_s": value["inference_seconds"],
+                       **{k: value[k] for k in ("device_start", "device_end", "device_wait_seconds")},
                        "queued": r["queued_dttm"].isoformat(), "ended": r["end_date"].isoformat()})
     # Between shards on one worker: from one's end to the next's queueing (the scheduler seeing the free slot).
     gaps = []

@@ -51,6 +51,25 @@ def test_gpu_worker_serves_queue_gpu_with_a_device_reservation() -> None:
     assert "gpu" not in cpu["command"][cpu["command"].index("--queues") + 1]
 
 
+def test_the_gpu_worker_runs_shards_at_once_and_the_campaign_and_pool_let_them_through() -> None:
+    """Several task slots on the GPU worker keep its GPU drawing while the next shard starts (the
+    shards take turns on the device): a campaign's concurrency and the render pool must allow as many."""
+    from gen_engine.config import Settings
+
+    gpu = SERVICES["airflow-worker-gpu"]
+    slots = int(gpu["command"][gpu["command"].index("--concurrency") + 1])
+    env = gpu.get("environment", {})
+    settings = Settings(**{k.removeprefix("GEN_").lower(): v for k, v in env.items()
+                           if k.startswith("GEN_AIRFLOW_RENDER") or k == "GEN_RENDER_DEVICE_TURNS"})
+    assert slots >= 3 and settings.render_device_turns
+    # The supervisor notices a finished task within a second, so the slot is free for the next shard.
+    assert int(env["AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL"]) <= 1
+    assert env["GEN_AIRFLOW_GPU_QUEUE"] == "gpu"  # the merge kept the common settings
+    assert settings.airflow_render_shards_per_run >= slots and settings.airflow_render_pool_slots >= slots
+    init = SERVICES["airflow-init"].get("environment", {})  # the service that creates the pool
+    assert int(init.get("GEN_AIRFLOW_RENDER_POOL_SLOTS", 0)) >= slots
+
+
 def test_the_training_task_is_routed_to_the_gpu_workers_queue() -> None:
     """The DAG reads the queue from Settings.airflow_gpu_queue: every Airflow service must agree on it."""
     from gen_engine.config import Settings

@@ -210,6 +210,48 @@ def test_two_campaigns_in_parallel_do_not_interfere(storage: Storage, s3_setting
         assert storage.stat("renders", keys[0]).metadata["campaign"] == name
 
 
+@pytest.mark.parametrize("turns", [True, False])
+def test_shards_rendering_at_once_take_turns_drawing(storage: Storage, s3_settings: Settings, model_id: str,
+                                                     monkeypatch: pytest.MonkeyPatch, turns: bool) -> None:
+    """Two shards at once on one worker (Celery --concurrency 2): their drawing never overlaps on the
+    device, while each one's encoding and uploads go on. With the turns off, the drawing overlaps."""
+    from gen_engine.runtime import BACKENDS, load_backend
+
+    settings = s3_settings.model_copy(update={"render_device_turns": turns, "render_batch_size": 2})
+    drawing: list[tuple[str, float, float]] = []
+    classes = {type(load_backend(b, resources(settings).registry.resolve(model_id)[0])) for b in BACKENDS[1:]
+               if b != "tensorrt"}
+    for cls in classes:
+        real = cls.render
+
+        def slow(self, z, text, real=real):  # a device that takes its time, so overlaps would show
+            t0 = time.monotonic()
+            time.sleep(0.15)
+            out = real(self, z, text)
+            drawing.append((threading.current_thread().name, t0, time.monotonic()))
+            return out
+
+        monkeypatch.setattr(cls, "render", slow)
+    srcs = {name: put_csv(storage, f"turns-{name}-{turns}.csv",
+                          f"prompt,count,asset_name\n{name} heart {turns},8,a\n") for name in ("one", "two")}
+    results: dict[str, dict] = {}
+
+    def go(name: str) -> None:
+        results[name] = run_campaign(resources(settings), srcs[name], f"turns-{name}", model=model_id,
+                                     progress=False)
+
+    threads = [threading.Thread(target=go, args=(n,), name=n) for n in srcs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r["counts"]["images"] == 8 for r in results.values()), results
+    spans = {name: (min(a for n, a, _ in drawing if n == name), max(b for n, _, b in drawing if n == name))
+             for name in srcs}
+    (a0, a1), (b0, b1) = sorted(spans.values())
+    assert (a1 <= b0) is turns, spans
+
+
 def test_new_model_is_a_new_run_and_never_overwrites_delivered_images(storage: Storage, s3_settings: Settings,
                                                                         model_id: str, tmp_path) -> None:
     src = put_csv(storage, "newmodel.csv", "prompt,count\na red circle,2\n")
