@@ -37,7 +37,7 @@ RESULTS = HERE / "results"
 TEST = "tests/distributed/test_celery.py::test_the_time_airflow_adds_per_shard"
 GPU_RATE, SHARD = 2000.0, 2048  # the GPU: images/s; the default shard size
 SIM_IMAGES = 64  # real images per shard on the simulated GPU, each holding the device SHARD / GPU_RATE s
-SLOTS = (1, 2, 3)  # task slots of the simulated GPU worker
+SLOTS = (1, 2, 3, 4)  # task slots of the simulated GPU worker
 
 
 def import_seconds() -> float:

@@ -61,7 +61,7 @@ def test_the_gpu_worker_runs_shards_at_once_and_the_campaign_and_pool_let_them_t
     env = gpu.get("environment", {})
     settings = Settings(**{k.removeprefix("GEN_").lower(): v for k, v in env.items()
                            if k.startswith("GEN_AIRFLOW_RENDER") or k == "GEN_RENDER_DEVICE_TURNS"})
-    assert slots >= 3 and settings.render_device_turns
+    assert slots >= 4 and settings.render_device_turns
     # The supervisor notices a finished task within a second, so the slot is free for the next shard.
     assert int(env["AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL"]) <= 1
     assert env["GEN_AIRFLOW_GPU_QUEUE"] == "gpu"  # the merge kept the common settings
