@@ -15,9 +15,10 @@ and the ratio printed.
 
 Then the GPU worker itself, on a simulated GPU (`tests/distributed/simulated_gpu.py`: each 64-image
 shard holds the device for 1.024 s, a 2,048-image shard at 2,000 images/s; everything else real),
-with 1 task slot and with ``SLOTS`` slots (Celery ``--concurrency``; shards take turns on the device,
-`gen_engine.runtime.device`): from each shard's device hold, the time the device sits idle between
-two shards, as a share of its time. Writes JSON and markdown to benchmarks/results/.
+once for each number of task slots in ``SLOTS`` (Celery ``--concurrency``; shards take turns on the
+device, `gen_engine.runtime.device`): from each shard's turn on the device and its drawing time, the
+share of the device's time it does not draw (target < 5%). Writes JSON and markdown to
+benchmarks/results/.
 """
 
 from __future__ import annotations

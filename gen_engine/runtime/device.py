@@ -1,6 +1,6 @@
 """Turns on a worker's device: the tasks of one worker use its accelerator one at a time.
 
-A GPU worker is fed best by running a few tasks at once (Celery ``--concurrency 3``): while one
+A GPU worker is fed best by running a few tasks at once (Celery ``--concurrency 4``): while one
 render shard draws, the next starts its task process, loads its model and encodes its captions, and
 the previous one finishes encoding, signing and uploading its images and reports success. Only the
 drawing needs the device, so only the drawing takes a turn: an exclusive lock on
@@ -39,20 +39,8 @@ def lock_path(local_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def device_turn(local_dir: Path, holder: str, enabled: bool = True) -> Iterator[Turn]:
-    """Hold the worker's device for the block (``enabled`` False: no lock, the turn is still timed).
-
-    ``holder`` (``shard 3 of run ...``, ``training ...``) is written into the lock file, so a task that
-    waits says in its log what it waits for."""
-    t0 = time.monotonic()
-    if not enabled:
-        turn = Turn(start=time.time())
-        try:
-            yield turn
-        finally:
-            turn.end = time.time()
-        return
-    path = lock_path(local_dir)
+def _locked(path: Path, holder: str) -> Iterator[None]:
+    """The exclusive lock on ``path``, with ``holder`` written into it for whoever waits next."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+", encoding="utf-8") as f:
         try:
@@ -66,10 +54,21 @@ def device_turn(local_dir: Path, holder: str, enabled: bool = True) -> Iterator[
             f.truncate()
             f.write(holder)
             f.flush()
-            turn = Turn(wait_s=time.monotonic() - t0, start=time.time())
-            try:
-                yield turn
-            finally:
-                turn.end = time.time()
+            yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def device_turn(local_dir: Path, holder: str, enabled: bool = True) -> Iterator[Turn]:
+    """Hold the worker's device for the block (``enabled`` False: no lock, the turn is still timed).
+
+    ``holder`` (``shard 3 of run ...``, ``training ...``) is written into the lock file, so a task that
+    waits says in its log what it waits for."""
+    t0 = time.monotonic()
+    with _locked(lock_path(local_dir), holder) if enabled else contextlib.nullcontext():
+        turn = Turn(wait_s=time.monotonic() - t0 if enabled else 0.0, start=time.time())
+        try:
+            yield turn
+        finally:
+            turn.end = time.time()
