@@ -72,5 +72,5 @@ def g_loss(g: Generator, d: Discriminator, fake: torch.Tensor, text: torch.Tenso
 
 @torch.no_grad()
 def ema_update(g_ema: Generator, g: Generator, decay: float) -> None:
-    for pe, p in zip(g_ema.parameters(), g.parameters(), strict=True):
-        pe.lerp_(p, 1.0 - decay)
+    # One multi-tensor op for all parameters, not one small lerp each.
+    torch._foreach_lerp_(list(g_ema.parameters()), list(g.parameters()), 1.0 - decay)

@@ -73,10 +73,16 @@ class Trainer:
             self._warm_start(Path(init), parent)  # the champion's text statistics come with its weights
         elif cfg.text_norm:
             self.g.fit_text_norm(data.text)
-        self.g, self.d = self.g.to(self.device), self.d.to(self.device)
-        self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_g, betas=cfg.betas)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr_d, betas=cfg.betas)
+        # Channels-last (NHWC) weights and activations: oneDNN's native layout on CPUs (and cuDNN's for tensor
+        # cores), so no convolution reorders its input to a blocked layout and back. Files stay NCHW.
+        self.g = self.g.to(self.device, memory_format=torch.channels_last)
+        self.d = self.d.to(self.device, memory_format=torch.channels_last)
+        # The average stays NCHW, the layout its files and every renderer use, so what the trainer samples and
+        # evaluates is bit-for-bit what a reloaded artifact renders (the layout changes a conv's rounding).
+        self.g_ema = copy.deepcopy(self.g).to(memory_format=torch.contiguous_format).eval().requires_grad_(False)
+        # foreach: one multi-tensor op per update term rather than a Python loop over ~100 small tensors.
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_g, betas=cfg.betas, foreach=True)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr_d, betas=cfg.betas, foreach=True)
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.autocast, self.precision_reason = bf16_autocast(cfg.bf16, self.device)
@@ -133,7 +139,7 @@ class Trainer:
             save_encoder(enc, path, key)
             self.guide_seconds = time.monotonic() - t0
             log.info("guide encoder trained in %.0fs", self.guide_seconds)
-        return enc.eval().requires_grad_(False).to(self.device)
+        return enc.eval().requires_grad_(False).to(self.device, memory_format=torch.channels_last)
 
     def _modules(self) -> dict[str, torch.nn.Module]:
         return {"G": self.g, "D": self.d, "G_ema": self.g_ema}
@@ -159,7 +165,7 @@ class Trainer:
         if self.recolour is not None:
             real, text = self.recolour.apply(real, text, idx, cfg.recolour,
                                              torch.Generator().manual_seed(cfg.seed * 7_919 + self.step))
-        real, text = real.to(dev), text.to(dev)
+        real, text = real.to(dev).contiguous(memory_format=torch.channels_last), text.to(dev)
         rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
         z = torch.randn(cfg.batch_size, cfg.gan.z_dim, generator=rng).to(dev)
         # One generator forward serves both steps: D's step sees it detached, G's step backpropagates
@@ -171,10 +177,14 @@ class Trainer:
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
+        # G's step needs D's gradients with respect to its input only: with D's weights frozen, every
+        # convolution's backward skips its weight gradient.
+        self.d.requires_grad_(False)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
             loss_g, logs_g = g_loss(self.g, self.d, fake, text, cfg, rng, self.guide)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
+        self.d.requires_grad_(True)
         self.opt_g.step()
         # EMA warm-up: early on the average follows G closely, so short runs are not dragged to the init.
         decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step)) if self.step >= cfg.ema_start else 0.0
