@@ -16,7 +16,10 @@ let the compiled graph do most of that work at the low resolution:
 The rest (second fusion and convolution at full resolution, output layer) is unchanged. Only the
 order of float additions differs from the eager model; `onnx_export.check_parity` holds the
 exported graph to 1e-4 of torch fp32 on 64 fixed (prompt, seed) pairs. Training and the torch
-backend keep the eager model, which stays the reference.
+backend keep the eager model, which stays the reference. (The eager model uses identities 1 and 3
+too, and for 2 a transposed convolution whose kernel it computes from the 3x3 weights: cheap to
+train through, but not exportable, so the exported eager fallback is the literal network, and the
+folded graph carries its phase kernels as constants.)
 """
 
 from __future__ import annotations

@@ -113,10 +113,34 @@ class GBlock(nn.Module):
         self.shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        h = self.conv1(self.fuse1(x, c))
+        """x2 nearest upsampling, fusion, 3x3 conv, fusion, 3x3 conv, plus a 1x1 shortcut of the upsampled x.
+
+        Computed at the low resolution wherever that is the same function: the fusion (per-channel affine,
+        elementwise LeakyReLU) and the 1x1 shortcut commute with nearest upsampling, and conv1 of the
+        upsampled map is one stride-2 transposed 4x4 convolution of the map itself (`up_conv3x3`). Only the
+        order of float additions differs from the literal sequence; training steps run ~2x faster here."""
+        h = up_conv3x3(self.fuse1(x, c), self.conv1)  # Fuse never writes to its input: x is intact below
         h = self.conv2(self.fuse2(h, c))
-        return self.shortcut(x) + h
+        return F.interpolate(self.shortcut(x), scale_factor=2.0, mode="nearest") + h
+
+
+def up_conv3x3(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """conv(upsample_nearest_x2(x)) for a 3x3, stride-1, padding-1 conv, without the upsampled map.
+
+    Nearest x2 upsampling is a stride-2 transposed convolution with a 2x2 box kernel; composed with the 3x3
+    kernel it is one stride-2 transposed convolution whose 4x4 kernel is the 3x3 kernel's full convolution
+    with the box. It does 16 multiply-adds per input pixel (4 per output pixel) instead of 9 per output
+    pixel, and its backward pass skips the 4x larger upsampled gradient. The kernel is rebuilt from
+    conv.weight on every call, so gradients reach the conv's own (saved, exported) parameters."""
+    assert conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
+    if torch.onnx.is_in_onnx_export():
+        # The exporter needs a convolution's kernel shape as a constant, which a kernel computed from the
+        # weights does not have: the exported eager graph (compile's fallback) is the literal definition.
+        return conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    wp = F.pad(conv.weight, (1, 1, 1, 1))  # (Cout, Cin, 5, 5); the full convolution with the box, as 4 shifts:
+    k = wp[:, :, 1:, 1:] + wp[:, :, :-1, 1:] + wp[:, :, 1:, :-1] + wp[:, :, :-1, :-1]
+    # conv_transpose2d correlates with the flipped kernel and takes it as (Cin, Cout, kh, kw).
+    return F.conv_transpose2d(x, k.flip(2, 3).transpose(0, 1), conv.bias, stride=2, padding=1)
 
 
 class Generator(nn.Module):
@@ -153,6 +177,9 @@ class Generator(nn.Module):
         """(B, z_dim), (B, text_dim) -> (B, 3, R, R) in [-1, 1]."""
         c = torch.cat([z, self.norm_text(text)], dim=1)
         x = self.fc(c if self.cfg.text_stem else z).reshape(-1, self.cfg.channels[0], 4, 4)  # (B, 8nf, 4, 4)
+        # In the layout of the convolutions' weights (channels-last in training): a layout mismatch makes
+        # every block below convert its activations, or run a slow mixed-layout kernel.
+        x = x.contiguous(memory_format=_layout(self.to_rgb.weight))
         for block in self.blocks:
             x = block(x, c)
         # tanh in float32 even under bf16 autocast: in bf16 an output near +-1 rounds to exactly +-1, its
@@ -202,9 +229,22 @@ class Discriminator(nn.Module):
         return self.blocks(self.stem(img))
 
     def score(self, feats: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Conditional logit (B,) of features against sentence embeddings."""
-        t = text[:, :, None, None].expand(-1, -1, 4, 4)
-        return self.head(torch.cat([feats, t], dim=1)).reshape(-1)
+        """Conditional logit (B,) of features against sentence embeddings.
+
+        The head's first conv sees the features concatenated with the caption tiled over the 4x4 map. The
+        tiled part is constant in space, so its convolution is, at each position, the caption times the
+        sum of the kernel taps that land inside the map (zero padding): computed so, it costs 3x3 dot
+        products per caption instead of a 3x3 conv over 384 extra channels (3/4 of the head's work)."""
+        conv, act, out = self.head
+        n = feats.shape[1]
+        h = F.conv2d(feats, conv.weight[:, :n], padding=1)
+        taps = torch.einsum("bc,ocyx->boyx", text, conv.weight[:, n:])  # (B, O, 3, 3)
+        side = feats.shape[-1]
+        # inside[i, k]: whether kernel row k of output row i reads a row of the map (not the padding)
+        row = torch.arange(side)[:, None] + torch.arange(3)[None, :] - 1
+        inside = ((row >= 0) & (row < side)).to(taps)
+        h = h + torch.einsum("iy,jx,boyx->boij", inside, inside, taps)
+        return out(act(h)).reshape(-1)
 
     def embed(self, feats: torch.Tensor) -> torch.Tensor:
         """Unit image embeddings (B, text_dim) in the caption space, from the 4x4 features."""
@@ -212,6 +252,12 @@ class Discriminator(nn.Module):
 
     def forward(self, img: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return self.score(self.features(img), text)
+
+
+def _layout(weight: torch.Tensor) -> torch.memory_format:
+    """The memory format a 4-D conv weight is stored in (channels-last or the default NCHW)."""
+    cl = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
 
 
 def to_uint8(imgs: torch.Tensor) -> np.ndarray:

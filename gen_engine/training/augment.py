@@ -35,7 +35,10 @@ def _translation(x: torch.Tensor, gen: torch.Generator, ratio: float = 0.125) ->
     theta[:, 0, 0] = theta[:, 1, 1] = 1
     theta[:, :, 2] = shift
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    # grid_sample always returns NCHW; keep a channels-last batch channels-last for the convs that follow.
+    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return out.contiguous(memory_format=torch.channels_last) if cl else out
 
 
 def _cutout(x: torch.Tensor, gen: torch.Generator, ratio: float = 0.5) -> torch.Tensor:

@@ -35,6 +35,14 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
     for g in groups:
         g["betas"] = tuple(g["betas"]) if "betas" in g else g.get("betas")
     opt.load_state_dict({"state": state, "param_groups": groups})
+    # Files hold NCHW; lay each moment estimate out as its parameter is (channels-last in training), as an
+    # uninterrupted run has it: no layout conversion on every later step, the same memory order as before.
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p, {})
+            for k, v in st.items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p).copy_(v)
 
 
 def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optims: dict[str, torch.optim.Optimizer],
