@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -283,7 +284,12 @@ def main() -> None:
               "real": judge(held.images, held_labels)}
     append_metrics(run / "metrics.jsonl", trainer.step, {"split": "heldout", **gen})
     tp = {f"{r}px_nf{nf}": throughput(cfg, r, nf) for r in (32, 64) for nf in sorted({cfg.nf, 32})}
-    out = {"config": cfg.model_dump(), "steps": trainer.step, "train_seconds": train_s,
+    import torch
+
+    isa = f"ATen {torch.backends.cpu.get_cpu_capability()}" + (
+        f", oneDNN capped at {os.environ['ONEDNN_MAX_CPU_ISA']}" if os.environ.get("ONEDNN_MAX_CPU_ISA") else "")
+    out = {"cpu": cpu_name(), "isa": isa, "config": cfg.model_dump(), "steps": trainer.step,
+           "steps_per_s": trainer.step / train_s, "train_seconds": train_s,
            "images_seen": trainer.step * cfg.batch_size, "encoder_seconds": enc_s, "generated": gen,
            "real_reference": real, "second_judge": judge2, "train_images_per_s": tp,
            "targets": {"color_acc": 0.9, "shape_acc": 0.6, "r_precision": 0.5, "minutes": 30}}
@@ -293,7 +299,9 @@ def main() -> None:
     shutil.copy(grid, HERE / "results" / "train_quality_samples.png")
     met = lambda v, t: "met" if v >= t else "MISSED"  # noqa: E731
     md = [f"# Training quality ({cfg.name}: {cfg.resolution} px, nf={cfg.nf}, batch {cfg.batch_size})", "",
-          f"{trainer.step} steps ({trainer.step * cfg.batch_size:,} images) in {train_s / 60:.1f} min of training.",
+          f"{trainer.step} steps ({trainer.step * cfg.batch_size:,} images) in {train_s / 60:.1f} min of training "
+          f"({trainer.step / train_s:.2f} steps/s, evaluations and the guide encoder included), "
+          f"bf16 {trainer.autocast} ({trainer.precision_reason}).", "", f"CPU: {cpu_name()}; {isa}.",
           "", "| metric | generated | real held-out | target |", "|---|---|---|---|",
           f"| colour accuracy | {gen.get('color_acc', 0):.1%} | {real.get('color_acc', 0):.1%} | >= 90% "
           f"({met(gen.get('color_acc', 0), 0.9)}) |",
