@@ -106,8 +106,8 @@ def main() -> None:
               + (f", ratio {row[f'commit {a.against}'] / row['this tree']:.3f}" if a.against else ""), flush=True)
     med = {k: statistics.median(r[k] for r in rows) for k in trees}
     ratio = statistics.median(r[f"commit {a.against}"] / r["this tree"] for r in rows) if a.against else None
-    out = {"cpu": cpu_name(), "isa": a.isa, "config": os.path.relpath(config, REPO), "pairs": rows, "median_s_per_step": med,
-           "median_ratio": ratio}
+    out = {"cpu": cpu_name(), "isa": a.isa, "config": os.path.relpath(config, REPO), "pairs": rows,
+           "median_s_per_step": med, "median_ratio": ratio}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "train_step.json").write_text(json.dumps(out, indent=1))
     md = [f"# Training step time ({a.config.name}, fp32, batch from the config)", "",
