@@ -179,7 +179,7 @@ class Generator(nn.Module):
         x = self.fc(c if self.cfg.text_stem else z).reshape(-1, self.cfg.channels[0], 4, 4)  # (B, 8nf, 4, 4)
         # In the layout of the convolutions' weights (channels-last in training): a layout mismatch makes
         # every block below convert its activations, or run a slow mixed-layout kernel.
-        x = x.contiguous(memory_format=_layout(self.to_rgb.weight))
+        x = x.contiguous(memory_format=memory_format_of(self.to_rgb.weight))
         for block in self.blocks:
             x = block(x, c)
         # tanh in float32 even under bf16 autocast: in bf16 an output near +-1 rounds to exactly +-1, its
@@ -254,9 +254,9 @@ class Discriminator(nn.Module):
         return self.score(self.features(img), text)
 
 
-def _layout(weight: torch.Tensor) -> torch.memory_format:
-    """The memory format a 4-D conv weight is stored in (channels-last or the default NCHW)."""
-    cl = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """The memory format a 4-D tensor is stored in (channels-last or the default NCHW)."""
+    cl = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
     return torch.channels_last if cl else torch.contiguous_format
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from gen_engine.models.gan import memory_format_of
+
 
 def diff_augment(x: torch.Tensor, policy: str, gen: torch.Generator) -> torch.Tensor:
     """Apply the comma-separated policy ("color,translation,cutout") to (B, 3, H, W) in [-1, 1]."""
@@ -37,8 +39,7 @@ def _translation(x: torch.Tensor, gen: torch.Generator, ratio: float = 0.125) ->
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     # grid_sample always returns NCHW; keep a channels-last batch channels-last for the convs that follow.
-    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return out.contiguous(memory_format=torch.channels_last) if cl else out
+    return out.contiguous(memory_format=memory_format_of(x))
 
 
 def _cutout(x: torch.Tensor, gen: torch.Generator, ratio: float = 0.5) -> torch.Tensor:

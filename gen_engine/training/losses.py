@@ -27,16 +27,12 @@ def d_loss(g: Generator, d: Discriminator, real: torch.Tensor, fake: torch.Tenso
 
     ``fake`` is G's output for ``text``, detached: D's step does not reach into G."""
     real_a = diff_augment(real, cfg.diffaug, aug).requires_grad_(with_gp)
-    fake_a = diff_augment(fake, cfg.diffaug, aug)
     cond = g.norm_text(text)  # D's conditional head sees the caption as G does
     text_gp = cond.clone().requires_grad_(with_gp)
-    if with_gp:  # the penalty differentiates the real scores twice: keep the fakes out of that graph
-        feats_real, feats_fake = d.features(real_a), d.features(fake_a)
-    else:  # D has no batch statistics, so one pass over both halves is the same function, in larger GEMMs
-        feats_real, feats_fake = d.features(torch.cat([real_a, fake_a])).chunk(2)
+    feats_real = d.features(real_a)
     out_real = d.score(feats_real, text_gp)
     out_mis = d.score(feats_real, torch.roll(cond, 1, dims=0))  # mismatched captions
-    out_fake = d.score(feats_fake, cond)
+    out_fake = d(diff_augment(fake, cfg.diffaug, aug), cond)
     loss_real = F.relu(1.0 - out_real).mean()
     loss_fake = F.relu(1.0 + out_fake).mean()
     loss_mis = F.relu(1.0 + out_mis).mean()
