@@ -7,7 +7,15 @@ tensorrt where present) renders batches of 1, 8, 32 and 128 in its own child pro
 p50/p95 batch latency, peak RSS. FLOPs per image are counted (torch's FlopCounterMode) for the graph
 each backend executes: the eager generator for torch, the compiled (folded, `gen_engine.compile.fold`)
 graph for onnxruntime and tensorrt. The machine's float32 GEMM GFLOP/s is measured in the same run,
-so every row shows the fraction of the hardware peak it reaches. Writes benchmarks/results/render_throughput.{json,md}.
+so every row shows the fraction of the hardware peak it reaches.
+
+Precision: the shipped starter model (64 px, nf = 16, trained) compiled twice, fp32 and int8
+(`gen_engine.compile.quantize`, calibrated on its dataset's held-out captions), rendered by the onnxruntime
+backend in alternating child processes at the same batch sizes: images/s side by side, the int8/fp32
+ratio at batch 32 (target >= 1.6x), and the compile-time quality gate's figures (mean PSNR against the
+fp32 images on the parity set, Frechet distance on the held-out split in the starter data's evaluation
+encoder's space, both bounds). The starter data and its evaluation encoder are built once under .local/.
+Writes benchmarks/results/render_throughput.{json,md}.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -82,7 +91,77 @@ def child(model_dir: str, backend: str, seconds: str) -> dict:
         rows[b] = {"images_per_s": b * len(lat) / sum(lat), "p50_ms": 1e3 * statistics.median(lat),
                    "p95_ms": 1e3 * sorted(lat)[int(0.95 * (len(lat) - 1))], "batches": len(lat)}
     return {"available": True, "rows": rows, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "detail": getattr(be, "provider", "")}
+            "detail": getattr(be, "provider", ""), "precision": be.precision}
+
+
+def measure(model_dir: Path, backend: str, seconds: float) -> dict:
+    """One child process measuring one backend on one model folder."""
+    res = subprocess.run([sys.executable, __file__, "--child", str(model_dir), backend, str(seconds)],
+                         capture_output=True, text=True)
+    return json.loads(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else {
+        "available": False, "reason": res.stderr[-300:]}
+
+
+def median_rows(results: list[dict]) -> dict:
+    """The rounds of one backend merged: per batch size, the round with the median images/s."""
+    merged = dict(results[0])
+    if not merged["available"]:
+        return merged
+    merged["peak_rss_mb"] = max(r["peak_rss_mb"] for r in results)
+    merged["rows"] = {}
+    for b in results[0]["rows"]:
+        ranked = sorted((r["rows"][b] for r in results), key=lambda row: row["images_per_s"])
+        merged["rows"][b] = {**ranked[len(ranked) // 2], "rounds_images_per_s": [r["rows"][b]["images_per_s"]
+                                                                                for r in results]}
+    return merged
+
+
+def starter_gate(model_dir: Path):  # -> GateData
+    """The int8 gate's held-out data for the starter model: the starter dataset's held-out split (built
+    once in .local/starter/data, as `genengine models train-starter` does) and its evaluation encoder
+    (trained once, cached in .local/bench/eval)."""
+    from gen_engine.datasets.curated import TrainData
+    from gen_engine.datasets.starter import build
+    from gen_engine.evaluation import int8_gate_data
+    from gen_engine.evaluation.encoder import cached_encoder
+    from gen_engine.text import model_encoder_name
+
+    meta = json.loads((model_dir / "model.json").read_text())
+    data_dir = HERE.parent / ".local" / "starter" / "data"
+    if not (data_dir / "card.json").exists():
+        print("building the starter data ...", flush=True)
+        build(data_dir)
+    side, space = meta["architecture"]["resolution"], model_encoder_name(meta)
+    train, held = (TrainData.from_imagefolder(data_dir, side, split=s, text_encoder=space) for s in ("train", "val"))
+    enc, _ = cached_encoder(train, HERE.parent / ".local" / "bench" / "eval")
+    return int8_gate_data(held, enc, meta, 500, "the starter data's held-out split")
+
+
+def precision_rows(td: Path, seconds: float, repeats: int) -> dict:
+    """fp32 and int8 engines of the starter model, measured in alternating processes, with the gate."""
+    from gen_engine.compile.onnx_export import compile_model
+    from gen_engine.compile.quantize import FD_MAX_INCREASE, PSNR_MIN_DB
+
+    dirs = {p: Path(shutil.copytree(HERE.parent / "starter" / "model", td / f"starter-{p}")) for p in ("fp32", "int8")}
+    compile_model(dirs["fp32"])
+    # Kept whatever the gate says (loose bounds), so that its speed is measured too; the verdict at the
+    # real bounds is taken from the same figures.
+    q = compile_model(dirs["int8"], precision="int8", gate=starter_gate(dirs["int8"]),
+                      int8_bounds={"psnr_min": 0.0, "fd_max": 1e9})["int8"]
+    q["passes_psnr"] = q["psnr_db_mean"] >= PSNR_MIN_DB
+    q["passes_fd"] = q["fd_int8"] <= q["fd_fp32"] * (1 + FD_MAX_INCREASE)
+    q["accepted_at_real_bounds"] = q["passes_psnr"] and q["passes_fd"]
+    runs: dict[str, list[dict]] = {"fp32": [], "int8": []}
+    for rnd in range(repeats):
+        for p, results in runs.items():
+            results.append(measure(dirs[p], "onnxruntime", seconds))
+            print(f"round {rnd + 1}/{repeats} starter model onnxruntime {p}: done", flush=True)
+    rows = {p: median_rows(r) for p, r in runs.items()}
+    assert rows["int8"]["precision"] == "int8" and rows["fp32"]["precision"] == "fp32", rows
+    per_round = [a / b for a, b in zip(rows["int8"]["rows"]["32"]["rounds_images_per_s"],
+                                       rows["fp32"]["rows"]["32"]["rounds_images_per_s"], strict=True)]
+    return {"model": "starter/model (64 px, nf=16, trained)", "gate": q, "rows": rows,
+            "int8_over_fp32_batch32": statistics.median(per_round), "int8_over_fp32_batch32_rounds": per_round}
 
 
 def main() -> None:
@@ -93,6 +172,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="Measuring time per batch size.")
     ap.add_argument("--repeats", type=int, default=3, help="Rounds over all backends; rows report the median.")
     ap.add_argument("--quick", action="store_true", help="2 s per batch size, one round.")
+    ap.add_argument("--no-int8", action="store_true", help="Skip the fp32 / int8 comparison of the starter model.")
     a = ap.parse_args()
     if a.child:
         print(json.dumps(child(*a.child)))
@@ -127,22 +207,12 @@ def main() -> None:
             for backend, results in runs.items():
                 if results and not results[0]["available"]:
                     continue
-                res = subprocess.run([sys.executable, __file__, "--child", str(model_dir), backend, str(seconds)],
-                                     capture_output=True, text=True)
-                r = json.loads(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else {
-                    "available": False, "reason": res.stderr[-300:]}
-                results.append(r)
+                results.append(r := measure(model_dir, backend, seconds))
                 print(f"round {rnd + 1}/{a.repeats}", backend,
                       "unavailable: " + r.get("reason", "") if not r["available"] else "done", flush=True)
         for backend, results in runs.items():
-            out["backends"][backend] = merged = results[0]
-            if not merged["available"]:
-                continue
-            merged["peak_rss_mb"] = max(r["peak_rss_mb"] for r in results)
-            for b in merged["rows"]:
-                ranked = sorted((r["rows"][b] for r in results), key=lambda row: row["images_per_s"])
-                merged["rows"][b] = {**ranked[len(ranked) // 2],
-                                     "rounds_images_per_s": [r["rows"][b]["images_per_s"] for r in results]}
+            out["backends"][backend] = median_rows(results)
+        out["precision"] = precision_rows(Path(td), seconds, a.repeats) if not a.no_int8 else None
     md = [f"# Render throughput ({out['generator']}, {out['cpus']} CPUs)", "",
           f"GFLOP per image (counted): {eager / 1e9:.2f} eager (torch), {compiled / 1e9:.2f} in the compiled "
           f"{out['onnx_graph']} ONNX graph (onnxruntime, tensorrt); measured float32 GEMM peak {peak:.1f} GFLOP/s; "
@@ -167,6 +237,27 @@ def main() -> None:
         md += ["", f"onnxruntime / torch eager at batch 32: {ratio:.2f}x on the median rows (per round: "
                f"{', '.join(f'{x:.2f}x' for x in per_round)}; target >= 2.5x); onnxruntime at batch 32 "
                f"reaches {o['rows']['32']['fraction_of_peak']:.0%} of the GEMM peak (target >= 70%)."]
+    if p := out["precision"]:
+        q, rows = p["gate"], p["rows"]
+        md += ["", f"## Precision: fp32 and int8 engines of {p['model']}, onnxruntime", "",
+               "| precision | batch | images/s | p50 ms | p95 ms | peak RSS MB |", "|---|---|---|---|---|---|"]
+        for name, r in rows.items():
+            md += [f"| {name} | {b} | {row['images_per_s']:.1f} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
+                   f"{r['peak_rss_mb']:.0f} |" for b, row in r["rows"].items()]
+        ratio = p["int8_over_fp32_batch32"]
+        md += ["", f"int8 / fp32 at batch 32: **{ratio:.2f}x** (median of the rounds: "
+               f"{', '.join(f'{x:.2f}x' for x in p['int8_over_fp32_batch32_rounds'])}; target >= 1.6x: "
+               f"{'met' if ratio >= 1.6 else 'MISSED'}). Weights {q['weights']}, activations {q['activations']}, "
+               f"calibrated on {q['calibration']}.", "",
+               "| quality gate (compile time) | fp32 | int8 | bound | |", "|---|---|---|---|---|",
+               f"| mean PSNR against the fp32 images, {q['parity_pairs']} parity pairs (min {q['psnr_db_min']:.1f}) "
+               f"| - | {q['psnr_db_mean']:.1f} dB | >= {q['psnr_db_bound']:g} dB "
+               f"| {'passes' if q['passes_psnr'] else 'FAILS'} |",
+               f"| Frechet distance, {q['fd_data']} | {q['fd_fp32']:.4f} | {q['fd_int8']:.4f} "
+               f"({q['fd_increase']:+.1%}) | <= fp32 + {q['fd_max_increase']:.0%} "
+               f"| {'passes' if q['passes_fd'] else 'FAILS'} |", "",
+               "Gate verdict at the real bounds: "
+               + ("int8 kept." if q["accepted_at_real_bounds"] else "int8 refused, fp32 serves.")]
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "render_throughput.json").write_text(json.dumps(out, indent=1))
     (HERE / "results" / "render_throughput.md").write_text("\n".join(md) + "\n")

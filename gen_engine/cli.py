@@ -441,20 +441,28 @@ def sample(
 
 @app.command("compile")
 @friendly
-def compile_cmd(model: str = typer.Option("production", help="Alias or model id to compile.")) -> None:
+def compile_cmd(model: str = typer.Option("production", help="Alias or model id to compile."),
+                precision: str | None = typer.Option(None, help="fp32 | int8 (a gated int8 CPU engine beside the "
+                                                           "fp32 one); default: the model's recipe "
+                                                           "(compile.precision).")) -> None:
     """Export the generator to ONNX (parity-checked), build TensorRT where present, publish beside the model.
 
-    Example: genengine compile --model production
+    Example: genengine compile --model production --precision int8
     """
     from gen_engine.orchestration import compile_and_register
 
     res = resources()
     model_dir, row = res.registry.resolve(model)
-    report, engines = compile_and_register(res, model_dir, row)
+    report, engines = compile_and_register(res, model_dir, row, precision)
     p = report["onnx"]["parity"]
     console.print(f"compiled {row['model_id']}: ONNX {report['onnx']['bytes'] / 1e6:.1f} MB, parity max abs error "
                   f"{p['max_abs_error']:.1e} on {p['pairs']} pairs; engines: {', '.join(engines)}; "
                   f"TensorRT: {report['tensorrt'].get('reason', 'built')}")
+    if q := report.get("int8"):
+        speed = q["images_per_second_batch32"]
+        console.print(f"int8 engine {'kept' if q['accepted'] else 'refused'}: mean PSNR {q['psnr_db_mean']:.1f} dB "
+                      f"against fp32 (bound {q['psnr_db_bound']:g}), FD {q.get('fd_int8', 'n/a')} against fp32's "
+                      f"{q.get('fd_fp32', 'n/a')}, {speed['speedup']:.2f}x fp32's images/s here; {q['reason']}")
     if up := report.get("upsampler"):
         console.print(f"upsampler: {'ONNX ' + up['file'] if up.get('file') else 'torch only'}, parity max abs error "
                       f"{up['parity']['max_abs_error']:.1e}")

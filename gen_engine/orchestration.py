@@ -17,13 +17,16 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gen_engine.config import Settings
 from gen_engine.errors import UserError, is_transient
 from gen_engine.infra.storage import ObjectNotFound
 from gen_engine.naming import slugify
 from gen_engine.resources import Resources
+
+if TYPE_CHECKING:
+    from gen_engine.compile.quantize import GateData
 
 log = logging.getLogger(__name__)
 DROP_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -285,17 +288,45 @@ def gate_and_record(res: Resources, metrics: dict[str, Any]) -> tuple[bool, str]
     return promote_it, reason
 
 
-def compile_and_register(res: Resources, model_dir: Path, row: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Compile a resolved model (ONNX, TensorRT where present, the text encoder once per version) and
-    register its engines; returns the compile report and the engines' backends."""
-    from gen_engine.compile.onnx_export import compile_model
+def compile_and_register(res: Resources, model_dir: Path, row: dict[str, Any], precision: str | None = None
+                         ) -> tuple[dict[str, Any], list[str]]:
+    """Compile a resolved model (ONNX, TensorRT where present, the text encoder once per version, the gated
+    int8 engine where its recipe or ``precision`` asks) and register its engines; returns the compile
+    report and the engines' backends."""
+    from gen_engine.compile.onnx_export import compile_model, model_precision
     from gen_engine.compile.text_onnx import text_encoder_folder
 
     cache = res.settings.text_encoder_cache
-    report = compile_model(model_dir, cache)
+    precision = precision or model_precision(json.loads((Path(model_dir) / "model.json").read_text()))
+    gate = int8_gate_data(res, model_dir, row) if precision == "int8" else None
+    report = compile_model(model_dir, cache, precision, gate)
     text = report.get("text_encoder")
     text_file = text_encoder_folder(cache) / text["file"] if text and "file" in text and cache is not None else None
     return report, res.registry.publish_compiled(model_dir, row, report, text_file)
+
+
+def int8_gate_data(res: Resources, model_dir: Path, row: dict[str, Any]) -> GateData | None:
+    """The held-out split the int8 gate measures Frechet distance on: the model's own dataset version,
+    scored by that version's cached evaluation encoder (the one the retrain's evaluation used). None
+    for a model that names no curated version (the gate then keeps fp32 and says so)."""
+    from gen_engine.datasets.curated import TrainData
+    from gen_engine.evaluation import int8_gate_data
+    from gen_engine.evaluation.encoder import cached_encoder
+    from gen_engine.text import model_encoder_name
+
+    version = res.lineage.dataset_version_by_id(row["dataset_version_id"]) if row.get("dataset_version_id") else None
+    if version is None:
+        log.warning("model %s names no curated dataset version: the int8 gate cannot measure its Frechet "
+                    "distance", row.get("model_id"))
+        return None
+    meta = json.loads((Path(model_dir) / "model.json").read_text())
+    ref, side = f"{version['dataset']}@v{version['version']}", meta["architecture"]["resolution"]
+    space = res.settings.eval_text_encoder or model_encoder_name(meta)
+    train, held = (TrainData.from_curated(ref, res, side, split=s, text_encoder=space) for s in ("train", "val"))
+    enc, _ = cached_encoder(train, eval_cache(res.settings), res.settings.eval_encoder_steps, res.storage)
+    split = "held-out" if len(held) >= 8 else "training"  # as `evaluate_candidates`: tiny datasets have no val
+    return int8_gate_data(held if split == "held-out" else train, enc, meta, res.settings.eval_images,
+                          f"{ref} {split} split")
 
 
 def promote(res: Resources, challenger_id: str, champion_id: str | None,
@@ -461,6 +492,8 @@ def _finalize(res: Resources, plan_key: str, results: list[dict[str, Any]], file
     plan = _load_plan(res, plan_key)
     _, model = res.registry.resolve(plan.model_ref)
     backend = next((r.get("backend") for r in results if r.get("backend")), plan.backend)
+    if any(r.get("precision") == "int8" for r in results):  # the gated int8 engine, as the registry names it
+        backend = f"{backend}-int8"
     summary = finalize(plan, settings, res.storage, res.lineage, model, backend, results)
     if file and plan.csv_key.startswith(f"{settings.bucket_campaigns}/claimed/"):
         finish_campaign(res, plan.csv_key.removeprefix(f"{settings.bucket_campaigns}/"), True,

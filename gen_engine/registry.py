@@ -40,8 +40,8 @@ MODEL_FILES = ("generator.safetensors", "model.json")
 OPTIONAL_FILES = ("discriminator.safetensors", "upsampler.safetensors", "upsampler.json")
 # Published for people (the models page shows it), never downloaded to render.
 SHOWN_FILES = (SAMPLES,)
-COMPILED_FILES = ("generator.onnx", "compile_report.json", "generator.plan", "generator.plan.json", "upsampler.onnx",
-                  "upsampler.plan", "upsampler.plan.json")
+COMPILED_FILES = ("generator.onnx", "generator.int8.onnx", "compile_report.json", "generator.plan",
+                  "generator.plan.json", "upsampler.onnx", "upsampler.plan", "upsampler.plan.json")
 
 
 class ArtifactMismatch(UserError):
@@ -186,6 +186,12 @@ class ModelRegistry:
                                      key={"opset": onnx["opset"], "onnxruntime": report["versions"]["onnxruntime"]},
                                      report=report)
         engines.append("onnxruntime")
+        if (q := report.get("int8") or {}).get("file"):  # the gated int8 CPU engine (`compile.quantize`)
+            self.lineage.register_engine(f"{row['model_id']}-int8-{q['sha256'][:12]}", row["model_id"],
+                                         backend="onnxruntime-int8", uri=row["uri"] + q["file"], sha256=q["sha256"],
+                                         key={"opset": onnx["opset"], "onnxruntime": report["versions"]["onnxruntime"],
+                                              "weights": q["weights"]}, report=q)
+            engines.append("onnxruntime-int8")
         if text and "file" in text:  # a native text encoder (`onnx_export.native_text_report`) is no engine
             self.lineage.register_engine(f"{row['model_id']}-text-{text['sha256'][:12]}", row["model_id"],
                                          backend="onnxruntime-text", uri=text["uri"], sha256=text["sha256"],

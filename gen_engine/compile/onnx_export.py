@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gen_engine.compile.quantize import INT8_FILE, PRECISIONS, GateData, build_int8
+from gen_engine.errors import UserError
 from gen_engine.hashing import sha256_file
 from gen_engine.models.artifact import load_generator
 from gen_engine.text import DEFAULT_ENCODER, model_encoder_name
@@ -144,11 +146,21 @@ def native_text_report(meta: dict[str, Any]) -> dict[str, Any]:
             "ms_per_prompt": round(ms, 3), "prompts_per_second": round(1000 / ms, 1)}
 
 
-def compile_model(model_dir: Path, text_cache: Path | None = None) -> dict[str, Any]:
-    """Export + check + parity (+ TensorRT where present); returns the compile report (also written).
+def model_precision(meta: dict[str, Any]) -> str:
+    """The render precision a model asks for: its recipe's ``compile.precision`` (fp32 when unset)."""
+    return ((meta.get("train_config") or {}).get("compile") or {}).get("precision", "fp32")
+
+
+def compile_model(model_dir: Path, text_cache: Path | None = None, precision: str | None = None,
+                  gate: GateData | None = None, int8_bounds: dict[str, float] | None = None) -> dict[str, Any]:
+    """Export + check + parity (+ TensorRT where present, + the int8 engine if asked); returns the compile
+    report (also written).
 
     ``text_cache``: also compile the text encoder to ONNX (built once per encoder version into this
-    folder, see `text_onnx`); the report's ``text_encoder`` entry describes it.
+    folder, see `text_onnx`); the report's ``text_encoder`` entry describes it. ``precision``: fp32, or
+    int8 for a gated int8 CPU engine beside the fp32 one (`quantize`); None: what the model's recipe says.
+    ``gate``: the held-out data the int8 gate's Frechet distance is measured on; ``int8_bounds``: other
+    bounds than the gate's (``psnr_min``, ``fd_max``; tests and trials).
     """
     import onnx
     import onnxruntime as ort
@@ -183,6 +195,14 @@ def compile_model(model_dir: Path, text_cache: Path | None = None) -> dict[str, 
     from gen_engine.models.upsampler import has_upsampler
 
     meta = json.loads((model_dir / "model.json").read_text())
+    precision = precision or model_precision(meta)
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+    (model_dir / INT8_FILE).unlink(missing_ok=True)  # an earlier compile's engine is never served unchecked
+    if precision == "int8":
+        report["int8"] = build_int8(model_dir, onnx_path, parity_inputs(meta), gate, **(int8_bounds or {}))
+    served = "int8" if report.get("int8", {}).get("accepted") else "fp32"
+    report["precision"] = {"requested": precision, "cpu_engine": served}
     if has_upsampler(model_dir):
         report["upsampler"] = compile_upsampler(model_dir, parity_inputs(meta, 16))
     if text_cache is not None and model_encoder_name(meta) == DEFAULT_ENCODER:

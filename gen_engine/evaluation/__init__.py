@@ -46,12 +46,13 @@ from gen_engine.models.encoder import ImageEncoder
 from gen_engine.models.noise import seed_noise
 
 if TYPE_CHECKING:
+    from gen_engine.compile.quantize import GateData
     from gen_engine.infra.storage import Storage
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT", "ENCODER_STEPS", "METRICS", "EvalContext", "append_metrics", "cached_encoder", "encode",
-           "evaluate", "evaluate_model", "frechet_distance", "in_model_space", "r_precision",
+           "evaluate", "evaluate_model", "frechet_distance", "in_model_space", "int8_gate_data", "r_precision",
            "r_precision_subset", "render_heldout"]
 
 
@@ -126,3 +127,21 @@ def evaluate_model(model_dir: Path, train: Any, heldout: Any, cache_dir: Path, n
     log.info("evaluated %s on %d held-out captions: evaluation encoder %.1fs, render and metrics %.1fs",
              Path(model_dir).name, len(heldout), t1 - t0, time.monotonic() - t1)
     return out
+
+
+def int8_gate_data(held: Any, enc: ImageEncoder, meta: dict[str, Any], n: int, source: str) -> GateData:
+    """The int8 gate's held-out data (`compile.quantize.GateData`): the first ``n`` rows of a held-out split
+    (a TrainData), their captions in the model's own text space (re-embedded where the split holds another
+    encoder's), and the Frechet distance of images of them from the real ones in ``enc``'s space."""
+    from gen_engine.compile.quantize import GateData
+    from gen_engine.text import encoder_for, model_encoder_name
+
+    n = min(n, len(held))
+    text = (held.text[:n].numpy() if model_encoder_name(meta) == held.text_encoder
+            else encoder_for(meta).encode(held.captions[:n], cache=False))
+    real = encode(enc, held.images[:n])
+
+    def fd(images: np.ndarray) -> float:
+        return frechet_distance(real, encode(enc, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()))
+
+    return GateData(np.ascontiguousarray(text, np.float32), fd, f"{source}, {n} captions")

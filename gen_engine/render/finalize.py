@@ -18,7 +18,7 @@ from gen_engine.render.plan import Plan, part_key
 from gen_engine.sheets import contact_sheet
 
 MANIFEST_COLUMNS = ["object_key", "row_number", "asset", "k", "prompt", "seed", "size", "format", "variety",
-                    "model_id", "engine", "upscale", "label", "c2pa", "sha256", "bytes"]
+                    "model_id", "engine", "precision", "upscale", "label", "c2pa", "sha256", "bytes"]
 
 
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -86,7 +86,7 @@ def finalize(plan: Plan, settings: Settings, store: Storage, lineage: LineageSto
                 pq.ParquetWriter(tmp / "manifest.parquet", schema, compression="zstd") as parquet:
             w = SafeCsvWriter(fcsv, cols)
             for batch in _batches(_jsonl(tmp / "outputs.jsonl"), 20_000):  # one row group per batch
-                rows = [{**{c: o.get(c) for c in MANIFEST_COLUMNS},  # upscale, label, c2pa: not in older parts
+                rows = [{**{c: o.get(c) for c in MANIFEST_COLUMNS},  # upscale, label, c2pa, precision: older parts lack
                          **{f"extra.{k}": str(o.get("extra", {}).get(k, "")) for k in extras}} for o in batch]
                 for row in rows:
                     w.write(row)
@@ -124,7 +124,9 @@ def finalize(plan: Plan, settings: Settings, store: Storage, lineage: LineageSto
         "campaign": plan.campaign, "run_id": plan.run_id, "prefix": plan.prefix, "csv_key": plan.csv_key,
         "csv_sha256": plan.csv_sha256, "model_id": model["model_id"], "model_version": model.get("version"),
         "dataset_version_id": model.get("dataset_version_id"), "code_version": model.get("code_version"),
-        "backend": backend_name, "counts": counts, "images_rendered_now": rendered,
+        "backend": backend_name,
+        "precision": sorted({r["precision"] for r in shard_results or [] if r.get("precision")}) or None,
+        "counts": counts, "images_rendered_now": rendered,
         "images_reused": n_images - rendered if shard_results is not None else None,
         "shards": len(plan.shards), "encoding": plan.stats["encoding"], "delimiter": plan.stats["delimiter"],
         "validation": plan.stats.get("validation"), "labels": labelled,

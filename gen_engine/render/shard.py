@@ -90,7 +90,8 @@ def render_params(plan: Plan, spec: RowSpec, k: int, env: RenderEnv) -> dict[str
     size = spec.size or (env.backend.resolution, env.backend.resolution)
     return {"Seed": image_seed(spec, plan.campaign, k), "Size": f"{size[0]}x{size[1]}",
             "Native size": f"{env.backend.resolution}x{env.backend.resolution}", "Variety": spec.variety,
-            "Model": env.model["model_id"], "Engine": env.backend.name, "Format": spec.format,
+            "Model": env.model["model_id"], "Engine": env.backend.name,
+            "Precision": env.backend.precision, "Format": spec.format,
             "Campaign": plan.campaign, "Asset": spec.asset, "Index": k, "Label": spec.label,
             "C2PA": "signed" if env.signer is not None else "off"} | _upscale_params(spec, env)
 
@@ -140,15 +141,18 @@ def object_metadata(plan: Plan, spec: RowSpec, k: int, params: dict[str, Any], d
     prompt alone can be more; the prompt is in the file and in the lineage store."""
     return {"prompt-sha256": hashlib.sha256(spec.prompt.encode()).hexdigest(), "image-id": image_id(plan, spec, k),
             "seed": str(params["Seed"]), "model-id": env.model["model_id"], "engine": env.backend.name,
-            "campaign": plan.campaign, "run-id": plan.run_id, "row": str(spec.row_number),
-            "csv-sha256": plan.csv_sha256, "params-digest": digest, "sha256": sha, "bytes": str(nbytes),
-            "digital-source-type": "trainedAlgorithmicMedia", "label": spec.label, "c2pa": params["C2PA"]}
+            "precision": params["Precision"], "campaign": plan.campaign, "run-id": plan.run_id,
+            "row": str(spec.row_number), "csv-sha256": plan.csv_sha256, "params-digest": digest, "sha256": sha,
+            "bytes": str(nbytes), "digital-source-type": "trainedAlgorithmicMedia", "label": spec.label,
+            "c2pa": params["C2PA"]}
 
 
 def params_digest(params: dict[str, Any], prompt: str) -> str:
     """Checksum of everything that determines an image; an existing object with it is reused."""
-    blob = json.dumps({k: v for k, v in params.items() if k not in ("Engine", "Upscale engine")} | {"prompt": prompt},
-                      sort_keys=True)
+    # Engines agree to 1e-4 at fp32, so an image rendered by one is reused by another; a reduced-precision
+    # engine (int8, fp16) draws visibly other pixels, so its precision is part of the parameters.
+    same = ("Engine", "Upscale engine") + (("Precision",) if params.get("Precision", "fp32") == "fp32" else ())
+    blob = json.dumps({k: v for k, v in params.items() if k not in same} | {"prompt": prompt}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -192,7 +196,7 @@ def render_shard(plan: Plan, index: int, settings: Settings, store: Storage, env
     if store.exists(bucket, part):
         log.info("shard %d already complete, skipped", index)
         return {"shard": index, "rendered": 0, "reused": plan.shards[index]["images"], "skipped_shard": True,
-                "backend": env.backend.name}
+                "backend": env.backend.name, "precision": env.backend.precision}
     shard = plan.shards[index]
     t0 = time.monotonic()
     todo, outputs = pending_images(plan, index, shard_rows(plan, index, store, settings), env, store, bucket)
@@ -277,7 +281,8 @@ def render_shard(plan: Plan, index: int, settings: Settings, store: Storage, env
              index, len(todo), reused, dt, times["inference"], turn.wait_s)
     return {"shard": index, "rendered": len(todo), "reused": reused, "seconds": dt,
             "inference_seconds": times["inference"], "upscale_seconds": times["upscale"],
-            "backpressure_seconds": times["backpressure"], "backend": env.backend.name, **turn.as_dict()}
+            "backpressure_seconds": times["backpressure"], "backend": env.backend.name,
+            "precision": env.backend.precision, **turn.as_dict()}
 
 
 def _report(report: Callable[[int, int], None] | None, done: int, total: int) -> None:
@@ -292,6 +297,7 @@ def _report(report: Callable[[int, int], None] | None, done: int, total: int) ->
 def _output_row(spec: RowSpec, k: int, key: str, params: dict[str, Any], sha: str, nbytes: int) -> dict[str, Any]:
     return {"object_key": key, "row_number": spec.row_number, "asset": spec.asset, "k": k, "prompt": spec.prompt,
             "seed": params["Seed"], "size": params["Size"], "format": spec.format, "variety": spec.variety,
-            "model_id": params["Model"], "engine": params["Engine"], "upscale": params["Upscale"],
+            "model_id": params["Model"], "engine": params["Engine"], "precision": params["Precision"],
+            "upscale": params["Upscale"],
             "label": spec.label, "c2pa": params["C2PA"],
             "sha256": sha, "bytes": nbytes, "extra": spec.extra}

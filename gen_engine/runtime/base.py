@@ -13,6 +13,7 @@ from gen_engine.errors import UserError
 
 class Backend(Protocol):
     name: str
+    precision: str  # of the arithmetic: fp32, fp16 (TensorRT) or int8 (the gated CPU engine); images record it
     resolution: int
     z_dim: int
 

@@ -1,7 +1,9 @@
-"""The compiled generator.onnx under ONNX Runtime (CPU, or CUDA where present)."""
+"""The compiled generator under ONNX Runtime: generator.onnx (CPU, or CUDA where present), or on CPU the
+gated int8 engine generator.int8.onnx where the model's compile kept one (`compile.quantize`)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -14,14 +16,18 @@ log = logging.getLogger(__name__)
 
 
 class OnnxRuntimeBackend:
-    """ONNX Runtime over generator.onnx: threads = cores, full graph optimisation, I/O binding."""
+    """ONNX Runtime over generator.onnx (or its int8 twin): threads = cores, full graph optimisation, I/O binding."""
 
     name = "onnxruntime"
 
     def __init__(self, model_dir: Path) -> None:
         import onnxruntime as ort
 
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         path = Path(model_dir) / "generator.onnx"
+        self.precision = "fp32"
+        if providers[0] == "CPUExecutionProvider" and int8_accepted(Path(model_dir)):
+            path, self.precision = Path(model_dir) / "generator.int8.onnx", "int8"
         if not path.exists():
             raise BackendUnavailable(f"no {path.name} in {model_dir} (run `genengine compile`)")
         arch = architecture(model_dir)
@@ -30,7 +36,6 @@ class OnnxRuntimeBackend:
         so.intra_op_num_threads = len(os.sched_getaffinity(0))
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         try:
             self.sess = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as e:  # corrupt or foreign file: ORT raises its own exception types
@@ -51,3 +56,12 @@ class OnnxRuntimeBackend:
         binding.bind_output("image", self.device)
         self.sess.run_with_iobinding(binding)
         return to_uint8_nhwc(binding.copy_outputs_to_cpu()[0])
+
+
+def int8_accepted(model_dir: Path) -> bool:
+    """The model's compile kept a gated int8 engine (its report says so and the file is there)."""
+    try:
+        report = json.loads((model_dir / "compile_report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool((report.get("int8") or {}).get("accepted")) and (model_dir / "generator.int8.onnx").exists()

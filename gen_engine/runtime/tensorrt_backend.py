@@ -17,6 +17,7 @@ class TensorRTBackend:
     """A prebuilt fp16 engine; loaded only where its key (ONNX hash, TensorRT version, GPU) matches."""
 
     name = "tensorrt"
+    precision = "fp16"
 
     def __init__(self, model_dir: Path) -> None:
         from gen_engine.compile.tensorrt_build import engine_key

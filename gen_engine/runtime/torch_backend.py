@@ -16,6 +16,7 @@ class TorchBackend:
     """Eager PyTorch (CUDA when present); the reference every other backend matches."""
 
     name = "torch"
+    precision = "fp32"
 
     def __init__(self, model_dir: Path, device: str | None = None) -> None:
         import torch

@@ -11,6 +11,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from gen_engine.models.gan import GANConfig
 
 
+class CompileConfig(BaseModel):
+    """How a promotion compiles the model for rendering (`gen_engine.compile`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32", description="The CPU render engine: fp32 (the ONNX graph, parity 1e-4 with torch), or int8 (a "
+                            "statically quantized twin, kept only if its images stay within 30 dB PSNR of fp32's "
+                            "and its Frechet distance within 2% of fp32's; else fp32, and the report says why).")
+
+
 class TrainConfig(BaseModel):
     """Everything that defines a training run (YAML under configs/)."""
 
@@ -67,6 +78,7 @@ class TrainConfig(BaseModel):
     ema_start: int = Field(0, description="Step after which EMA averaging starts (copy before).")
     seed: int = 0
     eval_every: int = Field(500, description="Steps between sample grids, loss plots and checkpoints.")
+    compile: CompileConfig = Field(default_factory=CompileConfig, description="Compile settings (render precision).")
     sample_prompts: tuple[str, ...] = Field(
         (), description="Prompts of the sample grids (and the model's parity set); empty = 8 of the dataset's own "
                         "held-out captions, chosen by `pick_prompts`.")

@@ -27,7 +27,8 @@ class SimulatedGPU:
 
     def __init__(self, real: Any, seconds_per_image: float) -> None:
         self.real, self.seconds_per_image = real, seconds_per_image
-        self.name, self.resolution, self.z_dim = real.name, real.resolution, real.z_dim
+        self.name, self.precision = real.name, real.precision
+        self.resolution, self.z_dim = real.resolution, real.z_dim
 
     def render(self, z: np.ndarray, text: np.ndarray) -> np.ndarray:
         time.sleep(len(z) * self.seconds_per_image)
