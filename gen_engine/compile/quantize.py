@@ -10,7 +10,7 @@ float. On x86 CPUs without VNNI the weights use 7 bits (``reduce_range``), as ON
 AVX2 u8 x s8 multiply-add saturates its 16-bit pair sums with full-range weights.
 
 A quantized generator can be visibly worse while still rendering, so the engine must earn its place at
-compile time, on inputs it was not calibrated on:
+compile time, on (caption, seed) pairs it was not calibrated on:
 
 - mean PSNR of its images against the fp32 engine's on the model's parity set >= ``PSNR_MIN_DB`` (30 dB);
 - Frechet distance to the real held-out images in the evaluation encoder's space within
