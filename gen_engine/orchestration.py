@@ -492,8 +492,6 @@ def _finalize(res: Resources, plan_key: str, results: list[dict[str, Any]], file
     plan = _load_plan(res, plan_key)
     _, model = res.registry.resolve(plan.model_ref)
     backend = next((r.get("backend") for r in results if r.get("backend")), plan.backend)
-    if any(r.get("precision") == "int8" for r in results):  # the gated int8 engine, as the registry names it
-        backend = f"{backend}-int8"
     summary = finalize(plan, settings, res.storage, res.lineage, model, backend, results)
     if file and plan.csv_key.startswith(f"{settings.bucket_campaigns}/claimed/"):
         finish_campaign(res, plan.csv_key.removeprefix(f"{settings.bucket_campaigns}/"), True,

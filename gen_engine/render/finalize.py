@@ -54,6 +54,9 @@ def finalize(plan: Plan, settings: Settings, store: Storage, lineage: LineageSto
 
     t0 = time.monotonic()
     bucket = settings.bucket_renders
+    precisions = sorted({r["precision"] for r in shard_results or [] if r.get("precision")})
+    if "int8" in precisions:  # the gated int8 engine, named as the registry names it
+        backend_name = f"{backend_name}-int8"
     lineage.start_run(plan.run_id, plan.campaign, csv_key=plan.csv_key, csv_sha256=plan.csv_sha256,
                       model_id=model["model_id"], backend=backend_name)
     with tempfile.TemporaryDirectory() as td:
@@ -125,7 +128,7 @@ def finalize(plan: Plan, settings: Settings, store: Storage, lineage: LineageSto
         "csv_sha256": plan.csv_sha256, "model_id": model["model_id"], "model_version": model.get("version"),
         "dataset_version_id": model.get("dataset_version_id"), "code_version": model.get("code_version"),
         "backend": backend_name,
-        "precision": sorted({r["precision"] for r in shard_results or [] if r.get("precision")}) or None,
+        "precision": precisions or None,
         "counts": counts, "images_rendered_now": rendered,
         "images_reused": n_images - rendered if shard_results is not None else None,
         "shards": len(plan.shards), "encoding": plan.stats["encoding"], "delimiter": plan.stats["delimiter"],

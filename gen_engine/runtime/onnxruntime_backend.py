@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gen_engine.compile.quantize import INT8_FILE
 from gen_engine.runtime.base import BackendUnavailable, architecture, to_uint8_nhwc
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ class OnnxRuntimeBackend:
         path = Path(model_dir) / "generator.onnx"
         self.precision = "fp32"
         if providers[0] == "CPUExecutionProvider" and int8_accepted(Path(model_dir)):
-            path, self.precision = Path(model_dir) / "generator.int8.onnx", "int8"
+            path, self.precision = Path(model_dir) / INT8_FILE, "int8"
         if not path.exists():
             raise BackendUnavailable(f"no {path.name} in {model_dir} (run `genengine compile`)")
         arch = architecture(model_dir)
@@ -64,4 +65,4 @@ def int8_accepted(model_dir: Path) -> bool:
         report = json.loads((model_dir / "compile_report.json").read_text())
     except (OSError, ValueError):
         return False
-    return bool((report.get("int8") or {}).get("accepted")) and (model_dir / "generator.int8.onnx").exists()
+    return bool((report.get("int8") or {}).get("accepted")) and (model_dir / INT8_FILE).exists()
