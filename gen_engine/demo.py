@@ -135,8 +135,15 @@ class AirflowAPI:
         res.raise_for_status()
         self.http.headers["Authorization"] = f"Bearer {res.json()['access_token']}"
 
-    def call(self, method: str, path: str, **kw: object) -> dict:
-        res = self.http.request(method, "/api/v2" + path, **kw)
+    def call(self, method: str, path: str, retries: int = 4, **kw: object) -> dict:
+        """One API call. A 5xx is retried (after 1, 2, 4, 8 s): the embedded Airflow keeps its metadata in
+        SQLite, and a request that finds the file locked past SQLite's 5 s by the DAG processor's writes
+        fails with a rolled-back "Database error" that the same request, a moment later, does not."""
+        for attempt in range(retries + 1):
+            res = self.http.request(method, "/api/v2" + path, **kw)
+            if res.status_code < 500 or attempt == retries:
+                break
+            time.sleep(2**attempt)
         if res.status_code >= 400:
             raise ServiceError(f"Airflow API {method} {path}: {res.status_code} {res.text[:300]}")
         return res.json()
