@@ -284,7 +284,9 @@ def write_airflow_cfg(home: Path) -> Path:
                  "parallelism": "8",  # LocalExecutor forks this many workers up front: sized for a laptop
                  "execution_api_server_url": "http://127.0.0.1:8080/execution/",
                  "fernet_key": lambda: Fernet.generate_key().decode()},
-        "database": {"sql_alchemy_conn": f"sqlite:///{home / 'airflow.db'}"},
+        # SQLite waits up to a minute for its write lock rather than 5 s (`gen_engine.infra.airflow_db`).
+        "database": {"sql_alchemy_conn": f"sqlite:///{home / 'airflow.db'}",
+                     "sql_alchemy_connect_args": "gen_engine.infra.airflow_db.CONNECT_ARGS"},
         "api": {"host": "127.0.0.1", "port": "8080"},
         "api_auth": {"jwt_secret": lambda: secrets.token_urlsafe(32)},
     }

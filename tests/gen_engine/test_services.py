@@ -81,6 +81,12 @@ def test_airflow_home_is_prepared_idempotently(tmp_path: Path, monkeypatch: pyte
     assert len(cfg["api_auth"]["jwt_secret"]) >= 32 and cfg["api_auth"]["jwt_secret"] == first["api_auth"]["jwt_secret"]
     assert cfg["core"]["fernet_key"] == first["core"]["fernet_key"]
     assert (home / "airflow.cfg").stat().st_mode & 0o777 == 0o600
+    # SQLite waits for its write lock (Airflow resolved this path for the migration above); other DBs get nothing.
+    from gen_engine.infra.airflow_db import SQLITE_TIMEOUT_S, connect_args
+
+    assert cfg["database"]["sql_alchemy_connect_args"] == "gen_engine.infra.airflow_db.CONNECT_ARGS"
+    assert connect_args(cfg["database"]["sql_alchemy_conn"]) == {"timeout": SQLITE_TIMEOUT_S} and SQLITE_TIMEOUT_S > 5
+    assert connect_args("postgresql+psycopg2://u@127.0.0.1/airflow") == {}
     db = sqlite3.connect(home / "airflow.db")
     assert db.execute("SELECT slots FROM slot_pool WHERE pool = 'gpu'").fetchall() == [(2,)]
     conns = db.execute("SELECT conn_type, login, password, extra, is_encrypted FROM connection "
