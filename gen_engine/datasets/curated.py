@@ -132,8 +132,14 @@ class TrainData:
             data.heldout_captions = list(dict.fromkeys(everything.filter(pl.col("split") == "val")["caption"]))
         return data
 
-    def indices(self, step: int, batch_size: int, seed: int) -> torch.Tensor:
-        """Rows of batch ``step`` of an epoch-wise shuffle seeded by (seed, epoch): a pure function of step."""
+    def indices(self, step: int, batch_size: int, seed: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows of batch ``step`` of an epoch-wise shuffle seeded by (seed, epoch): a pure function of step.
+
+        weights: per-row sampling weights (`language_weights`); then the rows are drawn with replacement
+        in those proportions, from a generator seeded by (seed, step), a pure function of step too."""
+        if weights is not None:
+            return torch.multinomial(weights, batch_size, replacement=True,
+                                     generator=torch.Generator().manual_seed(seed * 100_003 + 7_777_777 + step))
         n = len(self)
         start = step * batch_size
         idx: list[int] = []
@@ -142,6 +148,17 @@ class TrainData:
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
             idx.extend(perm[off : off + batch_size - len(idx)].tolist())
         return torch.tensor(idx)
+
+    def language_weights(self) -> torch.Tensor | None:
+        """Per-row weights that give each caption language (``meta["lang"]``) an equal share of the draws;
+        None when the rows have no languages or only one."""
+        langs = self.meta.get("lang") or []
+        counts: dict[str, int] = {}
+        for lang in langs:
+            counts[lang] = counts.get(lang, 0) + 1
+        if len(langs) != len(self) or len(counts) < 2:
+            return None
+        return torch.tensor([1.0 / counts[lang] for lang in langs], dtype=torch.float64)
 
     def rows(self, ix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images in [-1, 1] and caption embeddings of rows ``ix``."""

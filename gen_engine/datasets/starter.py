@@ -172,7 +172,7 @@ def _keyword(short_name: str) -> str | None:
 
 
 _EN_PHRASES = ("{} sticker", "{} icon", "{} emoji", "a sticker of {}", "an icon of {}")
-_ZH_PHRASES = ("{}贴纸", "{}图标", "{}表情")
+ZH_PHRASES = ("{}贴纸", "{}图标", "{}表情")
 
 
 def captions(a: Artwork, languages: tuple[str, ...] = ("en", "zh")) -> list[tuple[str, str]]:
@@ -184,7 +184,7 @@ def captions(a: Artwork, languages: tuple[str, ...] = ("en", "zh")) -> list[tupl
                 (f"{a.name_en}, {a.category.lower()}", "en")]
         out += [(k, "en") for k in map(_keyword, a.keywords[:1]) if k]
     if "zh" in languages and a.name_zh:
-        out += [(a.name_zh, "zh"), (_ZH_PHRASES[pick % len(_ZH_PHRASES)].format(a.name_zh), "zh")]
+        out += [(a.name_zh, "zh"), (ZH_PHRASES[pick % len(ZH_PHRASES)].format(a.name_zh), "zh")]
     seen: set[str] = set()
     return [(c, lang) for c, lang in out if not (c.lower() in seen or seen.add(c.lower()))]
 

@@ -15,6 +15,9 @@ each pixel in proportion to its saturation (`Target`): white background, highlig
 (low saturation) stay as they are, the coloured body turns dark orange, black or grey. These are the
 colours the evaluation's colour judge names (`evaluation.colour.pixel_names`); white is not a target
 (a white object on a white background is its outline alone).
+
+A row whose caption is Chinese (the data's ``lang`` column) is recaptioned in Chinese (蓝色的苹果, 绿心):
+Chinese colour words are taught too, and a recoloured Chinese row keeps its language.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from gen_engine.datasets.starter import COLOURS, caption_colour
+from gen_engine.datasets.starter import COLOURS, ZH_PHRASES, caption_colour
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,11 @@ TARGETS = {"red": Target(0.0), "orange": Target(28.0), "yellow": Target(55.0), "
 # Per-target parameters as tensors, in TARGETS order: columns hue, saturation, darken.
 _TABLE = torch.tensor([[getattr(t, f.name) for f in fields(Target)] for t in TARGETS.values()])
 TEMPLATES = ("{colour} {name}", "a sticker of {colour} {name}", "an icon of {colour} {name}")
+# Chinese rows are recoloured in Chinese: the colour words as CLDR's Chinese names write them (the one
+# character, as in 蓝心 "blue heart", with 色 as in 蓝色圆 "blue circle"), in the starter data's zh phrasings.
+ZH_COLOURS = {"red": "红", "orange": "橙", "yellow": "黄", "green": "绿", "blue": "蓝", "purple": "紫", "pink": "粉",
+              "brown": "棕", "black": "黑", "grey": "灰", "white": "白"}
+ZH_TEMPLATES = ("{name}", "{name}贴纸", "{name}图标")
 
 
 def image_hue(img: np.ndarray) -> float | None:
@@ -107,6 +115,33 @@ def recoloured_name(name: str, colour: str) -> str:
     return f"{colour} {name}"
 
 
+def recoloured_name_zh(name_zh: str, own: str | None, colour: str) -> str:
+    """The Chinese name in ``colour``: the character of its own colour (``own``, from the English name;
+    with a following 色) replaced by the new one's, or ``<colour>色的`` put in front (蓝色的苹果)."""
+    word = ZH_COLOURS[colour] + "色"
+    if own in ZH_COLOURS and ZH_COLOURS[own] in name_zh:
+        return re.sub(ZH_COLOURS[own] + "色?", word, name_zh, count=1)
+    return f"{word}的{name_zh}"
+
+
+def zh_name(caption: str) -> str:
+    """A Chinese starter caption without its phrasing (贴纸, 图标, 表情): the artwork's Chinese name."""
+    for phrase in ZH_PHRASES:
+        suffix = phrase.format("")
+        if caption.endswith(suffix) and len(caption) > len(suffix):
+            return caption[: -len(suffix)]
+    return caption
+
+
+def recoloured_caption(name: str, caption: str, lang: str, colour: str, pick: int) -> str:
+    """The caption of a row recoloured to ``colour``, in the row's language where it can be (en, zh):
+    the English name, or the Chinese one taken from a Chinese row's own caption."""
+    if lang == "zh" and colour in ZH_COLOURS:
+        own = caption_colour(name)
+        return ZH_TEMPLATES[pick % len(ZH_TEMPLATES)].format(name=recoloured_name_zh(zh_name(caption), own, colour))
+    return TEMPLATES[pick % len(TEMPLATES)].format(colour=colour, name=recoloured_name(name, colour))
+
+
 @dataclass
 class RecolourTable:
     """Per training row: its hue (NaN if not recolourable) and the embeddings of its recoloured captions."""
@@ -117,8 +152,11 @@ class RecolourTable:
 
     @classmethod
     def build(cls, data: object, encoder: object, seed: int = 0) -> RecolourTable:
-        """From a TrainData with a ``name`` column (the starter data has it); English names only."""
-        names = getattr(data, "meta", {}).get("name") or []
+        """From a TrainData with a ``name`` column (the starter data has it; English names only) and, where it
+        has a ``lang`` column, each row's caption language: Chinese rows get Chinese colour captions."""
+        meta = getattr(data, "meta", {})
+        names = meta.get("name") or []
+        langs = meta.get("lang") or [""] * len(names)
         n = len(data.captions)  # type: ignore[attr-defined]
         hue = torch.full((n,), float("nan"))
         slot = torch.full((n,), -1, dtype=torch.long)
@@ -135,7 +173,8 @@ class RecolourTable:
                 hue[i], slot[i] = hue_of[key], len(rows)
                 rows.append(i)
         rng = np.random.default_rng(seed)
-        captions = [[TEMPLATES[rng.integers(len(TEMPLATES))].format(colour=c, name=recoloured_name(names[i], c))
+        texts = data.captions  # type: ignore[attr-defined]
+        captions = [[recoloured_caption(names[i], texts[i], langs[i], c, int(rng.integers(len(TEMPLATES))))
                      for c in TARGETS] for i in rows]
         flat = [c for row in captions for c in row]
         unique = sorted(set(flat))

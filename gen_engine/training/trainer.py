@@ -10,6 +10,7 @@ gets a sample grid PNG (fixed prompts and seeds) and a loss-curve PNG.
 
 from __future__ import annotations
 
+import collections
 import copy
 import json
 import logging
@@ -91,6 +92,9 @@ class Trainer:
         self.guide_seconds = 0.0  # time spent training the guide encoder in this process
         self.sample_prompts = list(cfg.sample_prompts) or pick_prompts(data)
         self.guide = self._guide() if cfg.guide_weight else None
+        self.row_weights = data.language_weights() if cfg.language_balance else None
+        if self.row_weights is not None:
+            log.info("language balance: %s rows, drawn in equal shares", dict(collections.Counter(data.meta["lang"])))
         self.recolour = None
         if cfg.recolour:
             from gen_engine.text import shared_encoder
@@ -162,7 +166,7 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         cfg, dev = self.cfg, self.device
-        idx = self.data.indices(self.step, cfg.batch_size, cfg.seed)
+        idx = self.data.indices(self.step, cfg.batch_size, cfg.seed, self.row_weights)
         real, text = self.data.rows(idx)
         if self.recolour is not None:
             real, text = self.recolour.apply(real, text, idx, cfg.recolour,

@@ -7,7 +7,17 @@ import torch
 
 from gen_engine.datasets.curated import TrainData
 from gen_engine.evaluation.colour import dominant_colour
-from gen_engine.training.recolour import TARGETS, RecolourTable, hue_rotate, image_hue, recolour_hsv, recoloured_name
+from gen_engine.training.recolour import (
+    TARGETS,
+    ZH_COLOURS,
+    RecolourTable,
+    hue_rotate,
+    image_hue,
+    recolour_hsv,
+    recoloured_name,
+    recoloured_name_zh,
+    zh_name,
+)
 
 
 def _disc(rgb: tuple[int, int, int], size: int = 32) -> np.ndarray:
@@ -94,3 +104,36 @@ def test_a_recoloured_batch_carries_the_new_colours_caption_and_is_a_function_of
         colour = list(TARGETS)[int(text[row].argmax())]
         assert dominant_colour(_to_uint8(out[row : row + 1])) == colour
     assert torch.equal(out[1], real[1]) and torch.equal(text[1], data.text[1])  # not eligible: untouched
+
+
+def test_chinese_names_change_their_own_colour_character_or_lead_with_the_new_colour() -> None:
+    assert recoloured_name_zh("蓝心", "blue", "red") == "红色心"  # CLDR's "blue heart"
+    assert recoloured_name_zh("黑色圆", "black", "green") == "绿色圆"  # "black circle": the 色 is not doubled
+    assert recoloured_name_zh("太阳", None, "yellow") == "黄色的太阳"  # "sun" names no colour
+    assert recoloured_name_zh("纵向的红绿灯", None, "blue") == "蓝色的纵向的红绿灯"  # 红 here is not its colour
+    assert zh_name("蓝心图标") == "蓝心" and zh_name("太阳贴纸") == "太阳" and zh_name("贴纸") == "贴纸"
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def encode(self, texts: list[str], cache: bool = False) -> np.ndarray:
+        self.texts += texts
+        return np.zeros((len(texts), 16), np.float32)
+
+
+def test_a_chinese_row_is_recoloured_with_a_chinese_caption_and_an_english_row_with_an_english_one() -> None:
+    imgs = np.stack([_disc((220, 30, 30))] * 2)
+    data = TrainData(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), torch.zeros(2, 16),
+                     ["red circle", "红色圆贴纸"], "t")
+    data.meta = {"name": ["red circle", "red circle"], "lang": ["en", "zh"]}
+    enc = _Recorder()
+    table = RecolourTable.build(data, enc)
+    assert table.slot.tolist() == [0, 1]
+    chinese = [t for t in enc.texts if not t.isascii()]
+    english = [t for t in enc.texts if t.isascii()]
+    for colour in TARGETS:
+        assert any(f"{colour} circle" in t for t in english), colour
+        assert any(f"{ZH_COLOURS[colour]}色圆" in t for t in chinese), (colour, chinese)
+    assert len(chinese) == len(english) == len(TARGETS)

@@ -215,6 +215,23 @@ def test_red_looks_red() -> None:
     assert centre[0] > 180 and centre[1] < 80 and centre[2] < 80
 
 
+def test_language_balance_gives_each_caption_language_an_equal_share_of_the_batches(tmp_path: Path) -> None:
+    data = two_caption_data(32)
+    data.meta = {"lang": ["en"] * 24 + ["zh"] * 8}
+    weights = data.language_weights()
+    balanced = torch.cat([data.indices(step, 16, 0, weights) for step in range(400)])
+    assert 0.46 < float((balanced >= 24).float().mean()) < 0.54
+    plain = torch.cat([data.indices(step, 16, 0) for step in range(400)])  # 200 whole epochs
+    assert float((plain >= 24).float().mean()) == 0.25
+    assert torch.equal(data.indices(7, 16, 0, weights), data.indices(7, 16, 0, weights))  # a function of the step
+    cfg = TrainConfig.from_yaml(REPO / "configs" / "tiny.yaml", steps=1, language_balance=True)
+    assert torch.equal(Trainer(cfg, data, tmp_path).row_weights, weights)
+    data.meta = {"lang": ["en"] * 32}
+    assert data.language_weights() is None  # one language: nothing to balance
+    data.meta = {}
+    assert data.language_weights() is None and Trainer(cfg, data, tmp_path).row_weights is None
+
+
 def test_lazy_magp_applies_the_penalty_every_kth_step_only(tmp_path: Path) -> None:
     cfg = TrainConfig.from_yaml(REPO / "configs" / "tiny.yaml", steps=4, magp_every=2)
     trainer = Trainer(cfg, two_caption_data(32), tmp_path)
