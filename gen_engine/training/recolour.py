@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -56,6 +57,9 @@ TEMPLATES = ("{colour} {name}", "a sticker of {colour} {name}", "an icon of {col
 ZH_COLOURS = {"red": "红", "orange": "橙", "yellow": "黄", "green": "绿", "blue": "蓝", "purple": "紫", "pink": "粉",
               "brown": "棕", "black": "黑", "grey": "灰", "white": "白"}
 ZH_TEMPLATES = ("{name}", "{name}贴纸", "{name}图标")
+# The captioning scheme's version, part of a stored table's key (`RecolourTable.cached`): bump it when
+# the captions a row gets change, so that no run reuses embeddings of the old ones.
+CAPTION_SCHEME = "2"
 
 
 def image_hue(img: np.ndarray) -> float | None:
@@ -187,6 +191,29 @@ class RecolourTable:
         log.info("recolour: %d of %d rows recolourable (%d distinct captions embedded)", len(rows), n, len(unique))
         assert set(TARGETS) <= set(COLOURS)
         return cls(hue, slot, emb)
+
+    @classmethod
+    def cached(cls, path: Path, key: dict[str, str], data: object, encoder: object, seed: int = 0) -> RecolourTable:
+        """`build`, kept in ``path`` (safetensors, ``key`` in its header) and loaded from there while the key
+        matches: embedding the recoloured captions is minutes of a run's start (about 8 of them for the
+        starter data on multilingual-e5-small), which a resumed or re-evaluated run need not repeat."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
+
+        key = {**key, "captions": CAPTION_SCHEME}
+        if path.exists():
+            with safe_open(path, framework="pt") as f:
+                stored = f.metadata() or {}
+            if stored == key:
+                t = load_file(path)
+                log.info("recolour: table loaded from %s", path)
+                return cls(t["hue"], t["slot"], t["emb"])
+            log.warning("%s was built for %s, this run needs %s: building a new table", path, stored, key)
+        table = cls.build(data, encoder, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"hue": table.hue.contiguous(), "slot": table.slot.contiguous(), "emb": table.emb.contiguous()},
+                  path, metadata=key)
+        return table
 
     def apply(self, real: torch.Tensor, text: torch.Tensor, idx: torch.Tensor, p: float,
               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -100,7 +100,11 @@ class Trainer:
             from gen_engine.text import shared_encoder
             from gen_engine.training.recolour import RecolourTable
 
-            self.recolour = RecolourTable.build(data, shared_encoder(cfg.text_encoder), cfg.seed)
+            # Kept in the run folder like the guide: a resumed run reuses it rather than re-embedding.
+            key = {"data_version": data.version, "text_encoder": cfg.text_encoder, "seed": str(cfg.seed),
+                   "rows": str(len(data))}
+            self.recolour = RecolourTable.cached(self.run_dir / "recolour.safetensors", key, data,
+                                                 shared_encoder(cfg.text_encoder), cfg.seed)
 
     def _warm_start(self, model_dir: Path, parent: str | None) -> None:
         """Load a published model's generator (and discriminator, if its artifact has one) exactly."""

@@ -137,3 +137,19 @@ def test_a_chinese_row_is_recoloured_with_a_chinese_caption_and_an_english_row_w
         assert any(f"{colour} circle" in t for t in english), colour
         assert any(f"{ZH_COLOURS[colour]}色圆" in t for t in chinese), (colour, chinese)
     assert len(chinese) == len(english) == len(TARGETS)
+
+
+def test_the_table_is_kept_and_reused_while_its_key_matches(tmp_path) -> None:
+    imgs = np.stack([_disc((220, 30, 30)), _disc((30, 30, 220))])
+    data = TrainData(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), torch.zeros(2, 16),
+                     ["red circle", "blue circle"], "t")
+    data.meta = {"name": ["red circle", "blue circle"]}
+    path, key = tmp_path / "run" / "recolour.safetensors", {"data_version": "v1"}
+    first_enc, again_enc, other_enc = _Recorder(), _Recorder(), _Recorder()
+    first = RecolourTable.cached(path, key, data, first_enc)
+    again = RecolourTable.cached(path, key, data, again_enc)
+    assert first_enc.texts and not again_enc.texts  # loaded: nothing embedded the second time
+    assert torch.equal(first.slot, again.slot) and torch.equal(first.emb, again.emb)
+    assert torch.allclose(first.hue, again.hue, equal_nan=True)
+    RecolourTable.cached(path, {"data_version": "v2"}, data, other_enc)
+    assert other_enc.texts  # another data version: built anew
