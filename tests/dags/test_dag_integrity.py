@@ -25,7 +25,8 @@ elapsed = time.perf_counter() - t0
 dags = [d for d, m in DagContext.autoregistered_dags]  # @dag functions called at module level register here
 print(json.dumps({"seconds": elapsed, "dags": [{"dag_id": d.dag_id, "tags": sorted(d.tags), "catchup": d.catchup,
     "doc": bool(d.doc_md), "retries": {t.task_id: t.retries for t in d.tasks},
-    "routes": {t.task_id: [t.queue, t.pool] for t in d.tasks}} for d in dags]}))
+    "routes": {t.task_id: [t.queue, t.pool] for t in d.tasks},
+    "limits": {t.task_id: t.max_active_tis_per_dag for t in d.tasks}} for d in dags]}))
 """
 
 
@@ -94,3 +95,20 @@ def test_queues_and_pools_come_from_the_settings(tmp_path: Path) -> None:
     assert deployed["campaign_render.render_shard"][1] == "render"
     only_train = _routes({"GEN_AIRFLOW_GPU_QUEUE": "gpu", "GEN_AIRFLOW_GPU_TASKS": "train"}, tmp_path / "t")
     assert {t for t, (q, _) in only_train.items() if q == "gpu"} == {"generator_retrain.train"}
+
+
+def test_shards_rendering_at_once_come_from_the_settings(tmp_path: Path) -> None:
+    """GEN_AIRFLOW_RENDER_SHARDS_PER_RUN caps one campaign run's render shards (a deployment sizes it to its
+    render workers); the default is 2, and no other task of the DAG is capped."""
+    path = REPO / "dags" / "campaign_render.py"
+    for value, want in ((None, 2), ("5", 5)):
+        env = os.environ | {"AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+        env.pop("GEN_AIRFLOW_RENDER_SHARDS_PER_RUN", None)
+        if value is not None:
+            env["GEN_AIRFLOW_RENDER_SHARDS_PER_RUN"] = value
+        res = subprocess.run([sys.executable, "-c", PARSE, str(path), str(REPO / "plugins")], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr[-2000:]
+        (dag,) = json.loads(res.stdout.strip().splitlines()[-1])["dags"]
+        assert dag["limits"]["render_shard"] == want
+        assert all(v is None for t, v in dag["limits"].items() if t != "render_shard"), dag["limits"]
