@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -153,9 +154,7 @@ class TrainData:
         """Per-row weights that give each caption language (``meta["lang"]``) an equal share of the draws;
         None when the rows have no languages or only one."""
         langs = self.meta.get("lang") or []
-        counts: dict[str, int] = {}
-        for lang in langs:
-            counts[lang] = counts.get(lang, 0) + 1
+        counts = Counter(langs)
         if len(langs) != len(self) or len(counts) < 2:
             return None
         return torch.tensor([1.0 / counts[lang] for lang in langs], dtype=torch.float64)
