@@ -166,30 +166,29 @@ COLOUR_OBJECTS = {"heart": "心", "circle": "圆", "square": "方块", "book": "
 
 
 def colour_words(models: list[Path], seeds: int = 4) -> list[dict[str, Any]]:
-    """Per model and language: the share of images whose dominant colour is the prompt's colour word (the
-    colour judge of `gen_engine.evaluation.colour`), 10 colours x 6 objects x ``seeds`` seeds."""
+    """Per model and language: the colour judge (`gen_engine.evaluation.colour.colour_judge`) on 10 colours x
+    6 objects x ``seeds`` seeds; a Chinese prompt is judged by its English twin ("yellow heart" for 黄色的心),
+    whose colour word the judge reads."""
     import numpy as np
 
-    from gen_engine.evaluation.colour import dominant_colour
+    from gen_engine.evaluation.colour import colour_judge
     from gen_engine.models.noise import seed_noise
     from gen_engine.runtime import TorchBackend
     from gen_engine.text import encoder_for
     from gen_engine.training.recolour import TARGETS, ZH_COLOURS
 
+    english = [f"{c} {en}" for c in TARGETS for en in COLOUR_OBJECTS]
+    chinese = [f"{ZH_COLOURS[c]}色的{zh}" for c in TARGETS for zh in COLOUR_OBJECTS.values()]
     rows = []
     for model_dir in models:
         backend = TorchBackend(model_dir, device="cpu")
         row: dict[str, Any] = {"model": model_label(model_dir)}
-        for lang in ("en", "zh"):
-            prompts = [(f"{c} {en}" if lang == "en" else f"{ZH_COLOURS[c]}色的{zh}", c)
-                       for c in TARGETS for en, zh in COLOUR_OBJECTS.items()]
-            emb = encoder_for(backend.meta).encode([p for p, _ in prompts], cache=False)
+        for lang, prompts in (("en", english), ("zh", chinese)):
+            emb = encoder_for(backend.meta).encode(prompts, cache=False)
             z = np.stack([seed_noise(s, backend.z_dim) for s in range(seeds)] * len(prompts))
-            imgs = backend.render(z, np.repeat(emb, seeds, axis=0))
-            hits = [dominant_colour(img) == want for img, want in zip(imgs, np.repeat([c for _, c in prompts], seeds),
-                                                                        strict=True)]
-            row[f"colour_{lang}"] = float(np.mean(hits))
-        row["images_per_language"] = len(imgs)
+            judged = colour_judge(backend.render(z, np.repeat(emb, seeds, axis=0)), list(np.repeat(english, seeds)))
+            row[f"colour_{lang}"] = judged["color_judge"]
+        row["images_per_language"] = judged["color_judged"]
         rows.append(row)
     return rows
 
